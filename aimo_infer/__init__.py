@@ -1,0 +1,3 @@
+"""aimo-infer: an inference harness for AI Mathematical Olympiad submissions."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,103 @@
+"""The engine protocol: what the solve loop needs from any inference engine.
+
+Adapters (llama.cpp, transformers, vLLM, TensorRT-LLM, OpenAI-compatible HTTP, replay) implement
+this protocol; the harness never imports an engine package directly.
+
+Stop-string contract (decided once, for every engine): when a request stops on one of its stop
+strings, the text streamed for that request ENDS WITH the matched stop string (adapters append it
+when their engine strips it) and the finish reason is ``"stop"``. The harness also matches stop
+text itself, because engines tokenise stop strings and can miss them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+FINISH_REASONS: tuple[FinishReason, ...] = ("stop", "length", "cancelled", "error")
+
+
+class EngineError(RuntimeError):
+    """An engine failed in a way the caller should report (not a bug in the harness)."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot start here: a missing extra, model file or device. The message says which."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: a prompt (text or token ids), sampling settings and limits."""
+
+    request_id: str
+    prompt: str | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+    seed: int = 0
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0  # 0 disables top-k
+    min_p: float = 0.0
+    stop: tuple[str, ...] = ()
+    max_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.prompt_token_ids is None):
+            raise ValueError("a GenerationRequest needs exactly one of prompt or prompt_token_ids")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """New text from one request. The last delta of a request carries its finish reason."""
+
+    text: str
+    num_tokens: int
+    finish_reason: FinishReason | None = None
+    error: str | None = None  # set with finish_reason == "error"
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the harness and reports need to know about an engine."""
+
+    name: str
+    model: str
+    context_length: int
+    tokenizer_path: str | None = None  # HF tokenizer directory for chat templates, if any
+    deterministic: bool = True  # same seed and prompt give the same text
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """An async, in-flight-batching text generator.
+
+    ``generate`` yields deltas until the request finishes; ``cancel`` ends one request at once
+    (its stream then yields a final delta with finish reason ``"cancelled"``) without touching
+    the others. ``num_running`` counts requests the engine still holds, for tests and reports.
+    """
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> EngineInfo: ...
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]: ...
+
+    @abc.abstractmethod
+    async def cancel(self, request_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def num_running(self) -> int: ...
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None: ...
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()

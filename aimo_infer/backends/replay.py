@@ -1,0 +1,189 @@
+"""Replay engine: streams scripted or recorded completions, token by token, optionally timed.
+
+A product feature (policy simulation from recorded traces) and the deterministic engine of the
+unit tests. Scripts are keyed by seed; the n-th request of a stream (same seed, a prompt that
+extends the stream's first prompt) gets the n-th segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aimo_infer.backends.base import (
+    Engine,
+    EngineInfo,
+    FinishReason,
+    GenerationRequest,
+    StreamDelta,
+)
+from aimo_infer.config import EngineConfig
+from aimo_infer.tir import find_stop
+
+_TOKEN = re.compile(r"\s*[A-Za-z]+|\s*\d|\s*[^\sA-Za-z\d]|\s+")
+
+
+@dataclass(frozen=True)
+class ReplaySegment:
+    """One engine request's output: its text, token count (None: split by a simple rule)."""
+
+    text: str
+    tokens: int | None = None
+    finish_reason: FinishReason = "stop"
+
+
+def split_tokens(text: str, count: int | None = None) -> list[str]:
+    """Split text into pseudo-tokens: ``count`` near-equal pieces, or word/digit/symbol pieces."""
+    if count is None:
+        return _TOKEN.findall(text) or ([text] if text else [])
+    if count <= 0:
+        return []
+    size, extra = divmod(len(text), count)
+    pieces, at = [], 0
+    for i in range(count):
+        step = size + (1 if i < extra else 0)
+        pieces.append(text[at : at + step])
+        at += step
+    return pieces
+
+
+Script = Mapping[int, Sequence[ReplaySegment | str]]
+
+
+class ReplayEngine(Engine):
+    """Deterministic engine over scripts keyed by seed.
+
+    ``tokens_per_s`` paces each stream (None: as fast as possible, yielding to the event loop
+    every ``yield_every`` tokens). ``honour_stop=False`` makes the engine "miss" stop strings,
+    as tokenising engines sometimes do. ``default`` answers seeds without a script.
+    """
+
+    def __init__(
+        self,
+        scripts: Script,
+        *,
+        tokens_per_s: float | None = None,
+        honour_stop: bool = True,
+        yield_every: int = 8,
+        default: Callable[[GenerationRequest], Sequence[ReplaySegment | str]] | None = None,
+        model: str = "replay",
+        context_length: int = 1 << 20,
+    ) -> None:
+        self._scripts = scripts
+        self._tokens_per_s = tokens_per_s
+        self._honour_stop = honour_stop
+        self._yield_every = max(1, yield_every)
+        self._default = default
+        self._info = EngineInfo("replay", model, context_length, None, True)
+        self._running: dict[str, bool] = {}  # request id -> cancel requested
+        self._first_prompt: dict[int, str] = {}
+        self._cursor: dict[int, int] = {}
+        self.requests: list[GenerationRequest] = []  # every request seen, for tests and reports
+        self.cancelled: list[str] = []  # request ids cancelled while running
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> ReplayEngine:
+        """``model`` is a trace file; ``options.problem_id`` picks the problem to replay."""
+        from aimo_infer.traces import read_trace, segments_by_seed
+
+        if not config.model:
+            raise ValueError("engine 'replay' needs model = a trace file to replay")
+        path = Path(config.model)
+        if not path.is_file():
+            raise FileNotFoundError(f"replay trace not found: {path}")
+        events = list(read_trace(path))
+        problem_id = config.options.get("problem_id")
+        scripts: dict[int, list[ReplaySegment]] = {}
+        for ev in events:
+            if ev.get("event") == "segment" and (problem_id in (None, ev.get("problem_id"))):
+                seg = ReplaySegment(ev["text"], ev.get("tokens"), ev.get("finish_reason", "stop"))
+                scripts.setdefault(int(ev["seed"]), []).append(seg)
+        return cls(scripts, tokens_per_s=config.options.get("tokens_per_s"))
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def num_running(self) -> int:
+        return len(self._running)
+
+    async def cancel(self, request_id: str) -> None:
+        if request_id in self._running:
+            self._running[request_id] = True
+            self.cancelled.append(request_id)
+
+    async def shutdown(self) -> None:
+        for rid in self._running:
+            self._running[rid] = True
+
+    def _segment_for(self, request: GenerationRequest) -> ReplaySegment | None:
+        prompt = request.prompt or ""
+        seed = request.seed
+        first = self._first_prompt.get(seed)
+        if first is not None and len(prompt) > len(first) and prompt.startswith(first):
+            index = self._cursor[seed] + 1  # a resumed stream: the next segment
+        else:
+            self._first_prompt[seed] = prompt
+            index = 0
+        self._cursor[seed] = index
+        segments = self._scripts.get(seed)
+        if segments is None and self._default is not None:
+            segments = self._default(request)
+        if segments is None or index >= len(segments):
+            return None
+        seg = segments[index]
+        return ReplaySegment(seg) if isinstance(seg, str) else seg
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        self.requests.append(request)
+        rid = request.request_id
+        if rid in self._running:
+            raise ValueError(f"request id {rid!r} is already running")
+        self._running[rid] = False
+        try:
+            segment = self._segment_for(request)
+            if segment is None:
+                yield StreamDelta("", 0, "error", f"no replay script for seed {request.seed}")
+                return
+            async for delta in self._emit(rid, request, segment):
+                yield delta
+        finally:
+            self._running.pop(rid, None)
+
+    async def _emit(
+        self, rid: str, request: GenerationRequest, segment: ReplaySegment
+    ) -> AsyncIterator[StreamDelta]:
+        pieces = split_tokens(segment.text, segment.tokens)
+        delay = None if self._tokens_per_s is None else 1.0 / self._tokens_per_s
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        stops = request.stop if self._honour_stop else ()
+        text = ""
+        for i, piece in enumerate(pieces):
+            if self._running[rid]:
+                yield StreamDelta("", 0, "cancelled")
+                return
+            if delay is not None:
+                wait = start + (i + 1) * delay - loop.time()
+                await asyncio.sleep(max(0.0, wait))
+            elif i % self._yield_every == self._yield_every - 1:
+                await asyncio.sleep(0)
+            if stops:
+                text += piece
+                longest = max(len(s) for s in stops)
+                hit = find_stop(text, stops, max(0, len(text) - len(piece) - longest + 1))
+                if hit >= 0:
+                    yield StreamDelta(piece[: len(piece) - (len(text) - hit)], 1, "stop")
+                    return
+            if i + 1 >= request.max_tokens and i + 1 < len(pieces):
+                yield StreamDelta(piece, 1, "length")
+                return
+            yield StreamDelta(piece, 1)
+        if self._running[rid]:
+            yield StreamDelta("", 0, "cancelled")
+            return
+        yield StreamDelta("", 0, segment.finish_reason)
+

@@ -1,0 +1,154 @@
+"""Configuration: plain dataclasses, one ``Config`` object passed down, loadable from TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag is wrong; the message names the key."""
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling for every stream; the seed comes from the run seed and the problem id."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    min_p: float = 0.0
+    max_tokens: int = 4096  # per stream, over all its segments
+
+
+@dataclass
+class TIRConfig:
+    """Tool-integrated reasoning limits (defaults: the winning AIMO-2 entry's Kaggle settings)."""
+
+    max_code_calls: int = 6  # at the limit, a further code block ends the stream
+    code_timeout_s: float = 2.0  # CPU seconds per cell
+    code_wall_timeout_s: float = 10.0  # looser wall clock: 12 streams share few cores
+    output_max_chars: int = 200  # the model sees head and tail, with a marker between
+    code_memory_mb: int = 1024
+
+
+@dataclass
+class EngineConfig:
+    """Which engine to run and how; ``options`` go to the adapter untouched."""
+
+    name: str = "llamacpp"
+    model: str | None = None  # path or name; None: the engine's default model
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SolveConfig:
+    """How one problem is solved: streams, prompt profile, answer profile, stopping policy."""
+
+    num_streams: int = 12
+    run_seed: int = 0
+    prompt: str = "tir-fence"  # a profile in aimo_infer/prompt_profiles/
+    profile: str = "aimo3"  # answer profile: aimo2 | aimo3 | free
+    stop_policy: str = "nemo"  # a preset from aimo_infer.policies.PRESETS
+    stream_timeout_s: float | None = None  # per-stream deadline, on top of the problem's
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    tir: TIRConfig = field(default_factory=TIRConfig)
+
+
+@dataclass
+class BudgetConfig:
+    """Time budget (winning entry: 350 s base, at most 210 s from the shared buffer)."""
+
+    base_s: float = 350.0
+    max_extra_s: float = 210.0
+    total_s: float = 5 * 3600.0
+    safety_margin_s: float = 600.0
+    min_per_problem_s: float = 30.0
+    num_problems: int = 50
+
+
+@dataclass
+class Config:
+    """Everything a run needs."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    solve: SolveConfig = field(default_factory=SolveConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        path = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, path)  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _check_type(hint, value, path)
+    return cls(**kwargs)
+
+
+def _check_type(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return _check_type(arg, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {hint}")
+    if hint is Any or origin is dict:
+        if origin is dict and not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected nothing, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and not isinstance(value, hint) or (
+        hint is int and isinstance(value, bool)
+    ):
+        raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    return value
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a ``Config`` from nested dicts (the shape of the TOML file)."""
+    return _build(Config, data, "")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load a TOML config file; None gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from exc
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from exc
