@@ -42,7 +42,7 @@ def solve(engine: ReplayEngine, cfg: Config, runner: ScriptedRunner | None = Non
 
 def test_twelve_streams_vote_and_all_finish() -> None:
     answers = [4, 4, 5, 4, 4, 3, 4, 4, 5, 4, 4, 4]
-    engine = ReplayEngine({s: [f"So it is \\boxed{{{a}}}."] for s, a in zip(seeds(12), answers)})
+    engine = ReplayEngine({s: [f"So it is \\boxed{{{a}}}."] for s, a in zip(seeds(12), answers, strict=True)})
     result = solve(engine, config())
     assert result.answer == 4
     assert dict(result.vote.counts) == {4: 9, 5: 2, 3: 1}
@@ -163,7 +163,7 @@ def test_trace_replayed_gives_the_same_result(tmp_path: Path) -> None:
     with TraceWriter(trace) as tracer:
         first = solve(ReplayEngine(scripts), config(n=4), runner, tracer=tracer)
     events = list(read_trace(trace))
-    assert [e["event"] for e in events][0] == "problem_start"
+    assert events[0]["event"] == "problem_start"
     assert events[-1]["event"] == "problem_end"
     replayed = ReplayEngine.from_config(EngineConfig("replay", str(trace), {"problem_id": PID}))
     second = solve(replayed, config(n=4), runner)

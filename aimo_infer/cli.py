@@ -1,0 +1,150 @@
+"""``aimo-infer``: solve a problem, prepare models, and (in other modules) run dry runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from aimo_infer.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+# Subcommands that live in their own modules: name -> "module:function" that adds the parser
+# (and sets ``func``, which returns an exit code).
+PLUGIN_COMMANDS: dict[str, str] = {
+    "models": "aimo_infer.models:add_models_parser",
+}
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs the solve loop."""
+    parser.add_argument("--config", metavar="FILE", help="TOML config (see configs/)")
+    parser.add_argument("--engine", help="engine: llamacpp (default), hf, vllm, trtllm, openai, "
+                        "replay")
+    parser.add_argument("--model", help="model path or name for the engine")
+    parser.add_argument("--profile", choices=["aimo2", "aimo3", "free"],
+                        help="answer profile: aimo2 (0-999, mod 1000), aimo3 (0-99999), free")
+    parser.add_argument("--prompt", help="prompt profile: tir-fence, tir-toolcall, cot")
+    parser.add_argument("--streams", type=int, metavar="N", help="seeded streams per problem")
+    parser.add_argument("--policy", help="early stop: preset (nemo, agree10, imagination, "
+                        "agree4, all) or rules like 'agree=4of5,quorum=10'")
+    parser.add_argument("--max-tokens", type=int, metavar="N", help="tokens per stream")
+    parser.add_argument("--seed", type=int, help="run seed (stream seeds derive from it)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config file (or defaults) with command-line flags on top."""
+    cfg = load_config(args.config)
+    if args.engine:
+        cfg.engine.name = args.engine
+    if args.model:
+        cfg.engine.model = args.model
+    if args.profile:
+        cfg.solve.profile = args.profile
+    if args.prompt:
+        cfg.solve.prompt = args.prompt
+    if args.streams is not None:
+        if args.streams < 1:
+            raise ConfigError("--streams must be >= 1")
+        cfg.solve.num_streams = args.streams
+    if args.policy is not None:
+        cfg.solve.stop_policy = args.policy
+    if args.max_tokens is not None:
+        if args.max_tokens < 1:
+            raise ConfigError("--max-tokens must be >= 1")
+        cfg.solve.sampling.max_tokens = args.max_tokens
+    if args.seed is not None:
+        cfg.solve.run_seed = args.seed
+    return cfg
+
+
+def _add_solve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "solve", help="solve one problem and print the vote",
+        description="Run n seeded tool-integrated-reasoning streams on one problem, execute the "
+        "code they write in the sandbox, vote, and print the answer, the vote split and a "
+        "summary of every stream.",
+    )
+    p.add_argument("problem", help="problem text, or @FILE to read it from a file")
+    add_run_options(p)
+    p.add_argument("--timeout", type=float, metavar="S", help="deadline for the problem (s)")
+    p.add_argument("--trace", metavar="FILE", help="append JSONL trace events to FILE")
+    p.add_argument("--show-text", action="store_true", help="print every stream's full text")
+    p.set_defaults(func=_cmd_solve)
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    from aimo_infer.report_console import print_problem_result
+    from aimo_infer.runtime import harness
+    from aimo_infer.traces import TraceWriter
+
+    cfg = config_from_args(args)
+    problem = args.problem
+    if problem.startswith("@"):
+        with open(problem[1:], encoding="utf-8") as fh:
+            problem = fh.read()
+    if not problem.strip():
+        raise ConfigError("the problem text is empty")
+    tracer = TraceWriter(args.trace) if args.trace else None
+
+    async def run() -> int:
+        async with harness(cfg, tracer) as controller:
+            deadline = None if args.timeout is None else time.monotonic() + args.timeout
+            result = await controller.solve("cli", problem, deadline)
+        print_problem_result(result, show_text=args.show_text)
+        return EXIT_OK
+
+    try:
+        return asyncio.run(run())
+    finally:
+        if tracer is not None:
+            tracer.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aimo-infer",
+        description="Inference harness for AI Mathematical Olympiad submissions: seeded "
+        "tool-integrated reasoning streams, a hardened sandbox, voting, early stopping and a "
+        "shared time budget.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_solve_parser(sub)
+    for target in PLUGIN_COMMANDS.values():
+        module, function = target.split(":")
+        getattr(importlib.import_module(module), function)(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from aimo_infer.backends.base import EngineError
+
+    return (ConfigError, EngineError, FileNotFoundError, ValueError, ImportError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("aimo-infer: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        if args.verbose:
+            raise
+        print(f"aimo-infer: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
