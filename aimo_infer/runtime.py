@@ -29,11 +29,12 @@ async def harness(
 ) -> AsyncIterator[Controller]:
     """A ready controller; the engine (unless given) and the sandbox are closed on exit."""
     own_engine = engine is None
-    runner = make_runner(config.solve.tir) if load_profile(config.solve.prompt).tool_format.open \
-        else None
+    uses_code = bool(load_profile(config.solve.prompt).tool_format.open)
+    runner: CodeRunner | None = None
     try:
         if engine is None:
             engine = create_engine(config.engine)
+        runner = make_runner(config.solve.tir) if uses_code else None
         yield Controller(engine, runner, config, tracer)
     finally:
         if runner is not None:

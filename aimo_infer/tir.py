@@ -24,7 +24,7 @@ class ToolFormat:
     @property
     def trigger_chars(self) -> frozenset[str]:
         """Characters whose arrival may complete a block: a cheap filter before searching."""
-        return frozenset(self.close[-1])
+        return frozenset(self.close[-1:])
 
 
 # ```python ... ``` fences. Engines cannot stop on the closing fence (it also opens blocks), so
