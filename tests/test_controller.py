@@ -171,3 +171,42 @@ def test_trace_replayed_gives_the_same_result(tmp_path: Path) -> None:
     assert second.vote.counts == first.vote.counts
     assert [st.text for st in second.streams] == [st.text for st in first.streams]
     assert [st.tokens for st in second.streams] == [st.tokens for st in first.streams]
+
+
+def test_nemo_preset_stops_when_four_of_first_five_agree() -> None:
+    s = seeds(12)
+    quick = [9, 9, 2, 9, 9]  # 4 of the first 5 finished agree
+    scripts = {seed: ["x " * (i * 5) + f"\\boxed{{{a}}}"] for i, (seed, a) in
+               enumerate(zip(s[:5], quick, strict=True))}
+    scripts.update({seed: ["long " * 2000] for seed in s[5:]})
+    engine = ReplayEngine(scripts, tokens_per_s=400)
+    result = solve(engine, config(policy="nemo"))
+    assert result.stop_reason.startswith("agreement: 4 of the first 5")
+    assert result.answer == 9
+    assert engine.num_running() == 0
+    assert len(engine.cancelled) == 7
+
+
+def test_stream_timeout_cuts_one_slow_stream_only() -> None:
+    s = seeds(2)
+    engine = ReplayEngine({s[0]: ["\\boxed{1}"], s[1]: ["\\boxed{1} and on " + "z " * 5000]},
+                          tokens_per_s=200)
+    cfg = config(n=2)
+    cfg.solve.stream_timeout_s = 0.5
+    result = solve(engine, cfg)
+    assert [st.end for st in result.streams] == ["stop", "deadline"]
+    assert result.stop_reason == "all finished"
+    assert result.answer == 1 and result.vote.num_votes == 2  # the cut stream's partial answer
+    assert engine.num_running() == 0
+
+
+def test_cot_profile_needs_no_sandbox() -> None:
+    s = seeds(2)
+    engine = ReplayEngine({seed: ["```python\nprint(1)\n```\n\\boxed{8}"] for seed in s})
+
+    async def go() -> ProblemResult:
+        return await Controller(engine, None, config(n=2, prompt="cot")).solve(PID, "q")
+
+    result = asyncio.run(go())
+    assert result.answer == 8
+    assert all(st.num_code_calls == 0 for st in result.streams)
