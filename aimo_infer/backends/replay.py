@@ -87,7 +87,7 @@ class ReplayEngine(Engine):
     @classmethod
     def from_config(cls, config: EngineConfig) -> ReplayEngine:
         """``model`` is a trace file; ``options.problem_id`` picks the problem to replay."""
-        from aimo_infer.traces import read_trace, segments_by_seed
+        from aimo_infer.traces import read_trace
 
         if not config.model:
             raise ValueError("engine 'replay' needs model = a trace file to replay")

@@ -1,0 +1,249 @@
+"""TensorRT-LLM adapter: a prebuilt engine directory (ReDrafter, FP8) or the PyTorch backend.
+
+(a) An engine directory (``config.json`` with a ``build_config``, or ``engine.json`` saying
+``trt-engine``) loads through ``tensorrt_llm._tensorrt_engine.LLM`` with ``tokenizer=`` the HF
+directory; ReDrafter exists only on this path, through TensorRT-LLM 1.2.x.
+(b) Anything else loads through ``tensorrt_llm.LLM`` (the PyTorch backend), whose speculative
+decoding (EAGLE-3, n-gram, draft-target) comes from ``options["speculative_config"]``.
+
+Options: ``backend`` ("trt" | "pytorch"; default: detected), ``tokenizer`` (HF directory; for
+engines also read from engine.json), ``max_seq_len``, ``end_id``/``pad_id``,
+``speculative_config`` (a table with ``decoding_type``); the rest go to the ``LLM`` constructor.
+
+Known traps handled here: ``max_tokens`` defaults to 32 and must fit ``max_seq_len``; unset
+top-p/top-k fall back to engine defaults; engine stop strings are tokenised alone and can be
+missed (the shared stream logic matches stop text too); greedy ReDrafter makes seeds identical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aimo_infer.backends.base import EngineError, EngineInfo, EngineUnavailable, GenerationRequest
+from aimo_infer.backends.streaming import (
+    RawDelta,
+    StreamingEngine,
+    identical_seeds_reason,
+    import_engine_package,
+)
+from aimo_infer.config import EngineConfig
+from aimo_infer.manifest import EngineManifest, load_manifest
+
+log = logging.getLogger(__name__)
+
+WHERE = "on a GPU machine (TensorRT-LLM 1.2.x for ReDrafter engines; Python 3.10 or 3.12)"
+
+
+def trtllm_sampling_kwargs(request: GenerationRequest, max_tokens: int) -> dict[str, Any]:
+    """``SamplingParams`` keywords for one request, each trap set explicitly.
+
+    ``max_tokens`` (default 32), ``top_p`` and ``top_k`` (None: the runtime default, which can
+    be greedy) are always passed; temperature 0 becomes top-k 1, the runtime's greedy form.
+    """
+    greedy = request.temperature <= 0.0
+    kwargs: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "seed": request.seed,
+        "temperature": 1.0 if greedy else request.temperature,
+        "top_p": 1.0 if greedy else request.top_p,
+        "top_k": 1 if greedy else max(0, request.top_k),  # 0: all tokens
+        "stop": list(request.stop) or None,
+        "include_stop_str_in_output": True,
+    }
+    if request.min_p > 0.0:
+        kwargs["min_p"] = request.min_p
+    return kwargs
+
+
+def is_engine_dir(path: Path, manifest: EngineManifest | None) -> bool:
+    """A prebuilt TensorRT engine directory, as opposed to a checkpoint for the PyTorch backend."""
+    if manifest is not None:
+        return manifest.backend == "trt-engine"
+    return "build_config" in _read_json(path / "config.json")
+
+
+def engine_max_seq_len(path: Path, manifest: EngineManifest | None) -> int | None:
+    """The sequence limit an engine was built with (prompt plus generated tokens)."""
+    if manifest is not None and manifest.max_seq_len:
+        return int(manifest.max_seq_len)
+    value = _read_json(path / "config.json").get("build_config", {}).get("max_seq_len")
+    return int(value) if value else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class TRTLLMEngine(StreamingEngine):
+    """TensorRT-LLM's ``LLM`` (engine or PyTorch backend) behind the engine protocol."""
+
+    def __init__(
+        self,
+        llm: Any,
+        sampling_params_cls: Any,
+        info: EngineInfo,
+        token_ids: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(info)
+        self._llm = llm
+        self._sampling_params_cls = sampling_params_cls
+        self._token_ids = token_ids or {}  # end_id / pad_id when the config sets them
+        self._results: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> TRTLLMEngine:
+        """Load ``config.model``: an engine directory or a checkpoint (see the module docstring)."""
+        trtllm = import_engine_package("tensorrt_llm", "trtllm", WHERE)
+        if not config.model:
+            raise EngineUnavailable(
+                "engine 'trtllm' needs a model: set engine.model to an engine directory or a "
+                "Hugging Face checkpoint directory"
+            )
+        path = Path(config.model)
+        options = dict(config.options)
+        backend = options.pop("backend", None)
+        if backend not in (None, "trt", "pytorch"):
+            raise EngineError(f"engine 'trtllm': backend must be 'trt' or 'pytorch', not {backend!r}")
+        token_ids = {k: int(options.pop(k)) for k in ("end_id", "pad_id") if k in options}
+        try:
+            manifest = load_manifest(path) if path.is_dir() else None
+        except ValueError as exc:
+            raise EngineError(f"engine 'trtllm': {exc}") from exc
+        use_engine = backend == "trt" or (backend is None and is_engine_dir(path, manifest))
+        if use_engine:
+            llm, tokenizer = _load_engine_dir(path, manifest, options)
+            max_seq_len = options.get("max_seq_len") or engine_max_seq_len(path, manifest)
+        else:
+            llm, tokenizer = _load_pytorch(trtllm, path, options)
+            max_seq_len = (
+                options.get("max_seq_len")
+                or getattr(llm.args, "max_seq_len", None)
+                or _read_json(path / "config.json").get("max_position_embeddings")
+            )
+        if not max_seq_len:
+            llm.shutdown()
+            raise EngineError(
+                f"engine 'trtllm': cannot tell the max sequence length of {path}; "
+                "set engine.options.max_seq_len"
+            )
+
+        identical = identical_seeds_reason(manifest)
+        if identical is not None:
+            log.warning("trtllm: %s", identical)
+        info = EngineInfo(
+            name="trtllm",
+            model=str(path),
+            context_length=int(max_seq_len),
+            tokenizer_path=tokenizer,
+            deterministic=identical is not None,
+            extra={
+                "backend": "trt" if use_engine else "pytorch",
+                "identical_seeds": identical is not None,
+                "drafter": dict(manifest.drafter) if manifest else {},
+                "version": getattr(trtllm, "__version__", "unknown"),
+            },
+        )
+        return cls(llm, trtllm.SamplingParams, info, token_ids)
+
+    async def _prompt_token_ids(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_token_ids is not None:
+            return list(request.prompt_token_ids)
+        return list(self._llm.tokenizer.encode(request.prompt))
+
+    async def _stream(
+        self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int
+    ) -> AsyncIterator[RawDelta]:
+        params = self._sampling_params_cls(
+            **trtllm_sampling_kwargs(request, max_tokens), **self._token_ids
+        )
+        # Called inside the running event loop: the result then streams through an asyncio queue.
+        result = self._llm.generate_async(prompt_ids, sampling_params=params, streaming=True)
+        rid = request.request_id
+        self._results[rid] = result
+        try:
+            async for out in result:
+                completion = out.outputs[0]
+                yield RawDelta(
+                    text=completion.text_diff,
+                    num_tokens=len(completion.token_ids_diff),
+                    finish_reason=completion.finish_reason if out.finished else None,
+                    stop_reason=completion.stop_reason,
+                )
+        finally:
+            self._results.pop(rid, None)
+            if not result.finished and not result.aborted():
+                result.abort()  # the consumer left early: free the engine's slot
+
+    async def _abort(self, request_id: str) -> None:
+        result = self._results.get(request_id)
+        if result is not None and not result.finished and not result.aborted():
+            result.abort()
+
+    async def _close(self) -> None:
+        self._llm.shutdown()
+
+
+def _load_engine_dir(
+    path: Path, manifest: EngineManifest | None, options: dict[str, Any]
+) -> tuple[Any, str]:
+    """A prebuilt engine through ``tensorrt_llm._tensorrt_engine.LLM`` with its HF tokenizer."""
+    from tensorrt_llm._tensorrt_engine import LLM
+
+    tokenizer = options.pop("tokenizer", None) or (manifest.tokenizer_path if manifest else None)
+    if not tokenizer:
+        raise EngineUnavailable(
+            f"engine 'trtllm': the engine directory {path} needs its Hugging Face tokenizer: set "
+            "engine.options.tokenizer (or tokenizer_path in its engine.json)"
+        )
+    try:
+        return LLM(model=str(path), tokenizer=str(tokenizer), **options), str(tokenizer)
+    except Exception as exc:
+        raise EngineError(f"engine 'trtllm' failed to load the engine {path}: {exc}") from exc
+
+
+def _load_pytorch(trtllm: Any, path: Path, options: dict[str, Any]) -> tuple[Any, str]:
+    """A checkpoint through the PyTorch backend, with speculative decoding from the options."""
+    spec = options.pop("speculative_config", None)
+    if isinstance(spec, dict):
+        spec = _speculative_config(trtllm, spec)
+    if spec is not None:
+        options["speculative_config"] = spec
+    tokenizer = str(options.get("tokenizer") or path)
+    try:
+        return trtllm.LLM(model=str(path), **options), tokenizer
+    except Exception as exc:
+        raise EngineError(f"engine 'trtllm' failed to load {path}: {exc}") from exc
+
+
+def _speculative_config(trtllm: Any, spec: dict[str, Any]) -> Any:
+    """A speculative config object from a TOML table: ``decoding_type`` names the class as
+    TensorRT-LLM does (``Eagle``, with ``eagle3_one_model`` for EAGLE-3 on 1.2; ``NGram``;
+    ``DraftTarget``; ``MTP``), the other keys are its fields."""
+    kind = spec.get("decoding_type")
+    if not kind:
+        raise EngineError(
+            "engine 'trtllm': speculative_config needs decoding_type "
+            "(Eagle for EAGLE-3, NGram, DraftTarget or MTP)"
+        )
+    config_cls = getattr(trtllm.llmapi, f"{kind}DecodingConfig", None)
+    if config_cls is None:
+        known = sorted(
+            name.removesuffix("DecodingConfig")
+            for name in dir(trtllm.llmapi)
+            if name.endswith("DecodingConfig")
+        )
+        raise EngineError(
+            f"engine 'trtllm': unknown decoding_type {kind!r}; this TensorRT-LLM has {known}"
+        )
+    try:
+        return config_cls(**{k: v for k, v in spec.items() if k != "decoding_type"})
+    except Exception as exc:
+        raise EngineError(f"engine 'trtllm': bad speculative_config {spec!r}: {exc}") from exc

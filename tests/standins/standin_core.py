@@ -1,0 +1,60 @@
+"""Shared parts of the engine STAND-INS (not real engines): a piece tokenizer and a fake model.
+
+The fake model's reply to a prompt is the text between « and » in the prompt (if any), then
+words drawn from a generator seeded with the request seed (a fixed seed when decoding is
+greedy), then the end token. It lets adapter tests script stop strings and see seeds differ.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator
+
+EOS_ID = 0
+_PIECE = re.compile(r"\s*[A-Za-z]+|\s*\d|\s*[^\sA-Za-z\d]+|\s+")
+_WORDS = ("We", " find", " that", " x", " =", " 2", " so", " the", " sum", " is", " 7", ".",
+          "\n", " Then", " compute", " it", " again", " carefully", ",", " giving", " 41")
+
+# One vocabulary for every tokenizer instance, so ids survive between stand-in objects.
+_ids: dict[str, int] = {"</s>": EOS_ID}
+_pieces: list[str] = ["</s>"]
+
+
+class PieceTokenizer:
+    """Splits text into word/digit/punctuation pieces that keep their leading whitespace."""
+
+    eos_token_id = EOS_ID
+    pad_token_id = EOS_ID
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+
+    def pieces(self, text: str) -> list[str]:
+        found = _PIECE.findall(text)
+        assert "".join(found) == text
+        return found
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = []
+        for piece in self.pieces(text):
+            if piece not in _ids:
+                _ids[piece] = len(_pieces)
+                _pieces.append(piece)
+            ids.append(_ids[piece])
+        return ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(_pieces[i] for i in ids if not (skip_special_tokens and i == EOS_ID))
+
+
+def reply_ids(tokenizer: PieceTokenizer, prompt_ids: list[int], seed: int, greedy: bool) -> Iterator[int]:
+    """The fake model's token ids for a prompt, ending with the end token."""
+    prompt = tokenizer.decode(prompt_ids)
+    scripted = ""
+    if "«" in prompt and "»" in prompt:
+        scripted = prompt[prompt.index("«") + 1 : prompt.rindex("»")]
+    rng = random.Random(0 if greedy else seed)
+    words = "".join(rng.choice(_WORDS) for _ in range(24 + rng.randrange(8)))
+    yield from tokenizer.encode(scripted + words)
+    yield EOS_ID

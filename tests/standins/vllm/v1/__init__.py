@@ -1,0 +1,1 @@
+"""STAND-IN package (tests only), not vLLM."""

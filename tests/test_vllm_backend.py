@@ -1,0 +1,258 @@
+"""The vLLM adapter, run against a STAND-IN ``vllm`` package (tests/standins/vllm), NOT real vLLM.
+
+vLLM needs a GPU or its 3.5 GB CPU build, so these tests check the adapter's side of the
+contract: the stand-in keeps the names, keyword arguments and behaviour read in vLLM's sources
+(``AsyncEngineArgs`` rejects unknown options, ``SamplingParams.max_tokens`` defaults to 16 and
+``output_kind`` to CUMULATIVE, ``abort`` ends a stream with "abort", closing ``generate`` aborts
+the request, prompts as long as ``max_model_len`` are rejected). A fake model answers with the
+text between « and » in the prompt, then seeded words. The real engine is checked by
+``benchmarks/gpu_smoke.py --engine vllm`` and the contract suite where vLLM is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standins import STANDIN_DIR, standin_packages
+
+from aimo_infer.backends import create_engine
+from aimo_infer.backends.base import EngineError, EngineUnavailable, GenerationRequest, StreamDelta
+from aimo_infer.backends.vllm import VLLMEngine
+from aimo_infer.config import EngineConfig
+
+LONG = "«" + " step" * 60 + "»"
+
+
+@pytest.fixture(autouse=True)
+def _standins() -> Iterator[None]:
+    with standin_packages():
+        yield
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    return tmp_path
+
+
+def make_engine(model_dir: Path, **options: Any) -> VLLMEngine:
+    engine = create_engine(EngineConfig("vllm", str(model_dir), options))
+    assert isinstance(engine, VLLMEngine)
+    return engine
+
+
+def request(rid: str, prompt: str = "Solve it.", **kw: Any) -> GenerationRequest:
+    return GenerationRequest(rid, prompt=prompt, **kw)
+
+
+async def collect(engine: VLLMEngine, req: GenerationRequest) -> list[StreamDelta]:
+    return [d async for d in engine.generate(req)]
+
+
+def text_of(deltas: list[StreamDelta]) -> str:
+    return "".join(d.text for d in deltas)
+
+
+def test_seeds_pass_through_and_give_different_streams(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+
+    async def main() -> list[str]:
+        reqs = [request(f"r{i}", seed=s, max_tokens=200) for i, s in enumerate([0, 1, 2, 1])]
+        results = await asyncio.gather(*(collect(engine, r) for r in reqs))
+        await engine.shutdown()
+        return [text_of(r) for r in results]
+
+    texts = asyncio.run(main())
+    seeds = [params.seed for _, _, params in engine._engine.submitted]
+    assert sorted(seeds) == [0, 1, 1, 2]
+    assert len({texts[0], texts[1], texts[2]}) == 3
+    assert texts[1] == texts[3]  # same seed, same prompt
+
+
+def test_sampling_params_are_explicit_delta_and_keep_stop_text(model_dir: Path) -> None:
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = make_engine(model_dir)
+    req = request("a", seed=7, temperature=0.8, top_p=0.9, top_k=20, min_p=0.05,
+                  stop=("\n\n",), max_tokens=300)
+    deltas = asyncio.run(collect(engine, req))
+    _, prompt_ids, params = engine._engine.submitted[0]
+    assert prompt_ids == engine._engine.get_tokenizer().encode("Solve it.")
+    assert params.output_kind == RequestOutputKind.DELTA
+    assert (params.max_tokens, params.seed, params.temperature) == (300, 7, 0.8)
+    assert (params.top_p, params.top_k, params.min_p) == (0.9, 20, 0.05)
+    assert params.stop == ["\n\n"] and params.include_stop_str_in_output
+    assert sum(d.num_tokens for d in deltas) > 16  # vLLM's own default would stop at 16
+
+
+def test_stop_string_ends_the_text_and_finishes_stop(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+    prompt = "Run it «x = 2\nprint(x)\n```output\n2\n```» please"
+    deltas = asyncio.run(collect(engine, request("s", prompt, stop=("```output",))))
+    assert text_of(deltas) == "x = 2\nprint(x)\n```output"
+    assert [d.finish_reason for d in deltas][-1] == "stop"
+    assert all(d.finish_reason is None for d in deltas[:-1])
+
+
+def test_token_id_prompt_is_sent_as_is(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+    ids = tuple(engine._engine.get_tokenizer().encode("Count «1 2 3»"))
+    deltas = asyncio.run(collect(engine, GenerationRequest("t", prompt_token_ids=ids)))
+    assert engine._engine.submitted[0][1] == list(ids)
+    assert text_of(deltas).startswith("1 2 3")
+
+
+def test_cancel_ends_one_request_and_frees_it_while_others_continue(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+
+    async def main() -> tuple[list[StreamDelta], list[list[StreamDelta]], bool, int]:
+        started = asyncio.Event()
+        victim: list[StreamDelta] = []
+
+        async def watch() -> None:
+            async for d in engine.generate(request("victim", LONG, seed=9, max_tokens=500)):
+                victim.append(d)
+                started.set()
+
+        task = asyncio.create_task(watch())
+        others = [asyncio.create_task(collect(engine, request(f"o{i}", LONG, seed=i,
+                                                              max_tokens=500)))
+                  for i in range(2)]
+        await started.wait()
+        await engine.cancel("victim")
+        victim_held = engine._engine.standin_holds("victim")
+        others_held = engine._engine.standin_active()
+        await task
+        return victim, list(await asyncio.gather(*others)), victim_held, others_held
+
+    victim, others, victim_held, others_held = asyncio.run(main())
+    assert victim[-1].finish_reason == "cancelled"
+    assert not victim_held and others_held == 2  # freed at once; the others still run
+    for deltas in others:
+        assert deltas[-1].finish_reason == "stop"
+        assert text_of(deltas).startswith(" step" * 60)
+    assert engine.num_running() == 0
+    assert engine._engine.standin_active() == 0
+
+
+def test_leaving_a_stream_early_aborts_its_engine_request(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+
+    async def main() -> int:
+        stream = engine.generate(request("early", LONG, max_tokens=500))
+        await anext(stream)
+        await stream.aclose()
+        return engine._engine.standin_active()
+
+    assert asyncio.run(main()) == 0
+    assert engine.num_running() == 0
+
+
+def test_max_tokens_is_clamped_to_the_context_window(model_dir: Path) -> None:
+    engine = make_engine(model_dir, max_model_len=40)
+    prompt = "Say «" + " word" * 30 + "»"
+    prompt_len = len(engine._engine.get_tokenizer().encode(prompt))
+    deltas = asyncio.run(collect(engine, request("c", prompt, max_tokens=4096)))
+    assert engine._engine.submitted[0][2].max_tokens == 40 - prompt_len
+    assert sum(d.num_tokens for d in deltas) == 40 - prompt_len
+    assert deltas[-1].finish_reason == "length"
+    assert engine.info.context_length == 40
+
+
+def test_prompt_that_fills_the_context_finishes_with_length_at_once(model_dir: Path) -> None:
+    engine = make_engine(model_dir, max_model_len=8)
+    deltas = asyncio.run(collect(engine, request("full", " word" * 20)))
+    assert deltas == [StreamDelta("", 0, "length")]
+    assert engine._engine.submitted == []
+
+
+def test_requested_max_tokens_is_respected(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+    deltas = asyncio.run(collect(engine, request("m", LONG, max_tokens=5)))
+    assert sum(d.num_tokens for d in deltas) == 5
+    assert deltas[-1].finish_reason == "length"
+
+
+def test_options_pass_through_with_prefix_caching_on(model_dir: Path) -> None:
+    engine = make_engine(model_dir, gpu_memory_utilization=0.5, dtype="bfloat16",
+                         speculative_config={"method": "ngram", "num_speculative_tokens": 3})
+    args = engine._engine.engine_args
+    assert args.enable_prefix_caching is True
+    assert (args.gpu_memory_utilization, args.dtype) == (0.5, "bfloat16")
+    assert args.speculative_config == {"method": "ngram", "num_speculative_tokens": 3}
+    assert engine.info.name == "vllm" and engine.info.tokenizer_path == str(model_dir)
+
+
+def test_unknown_option_is_a_clear_error(model_dir: Path) -> None:
+    with pytest.raises(EngineError, match="not an AsyncEngineArgs field"):
+        make_engine(model_dir, no_such_option=1)
+
+
+def test_missing_model_is_a_clear_error() -> None:
+    with pytest.raises(EngineUnavailable, match="engine 'vllm' needs a model"):
+        create_engine(EngineConfig("vllm", None))
+
+
+def test_missing_package_names_the_extra(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # None makes the import fail
+    with pytest.raises(EngineUnavailable) as err:
+        VLLMEngine.from_config(EngineConfig("vllm", str(model_dir)))
+    assert str(err.value).startswith(
+        "engine 'vllm' needs vllm: pip install 'aimo-infer[vllm]' on a GPU machine"
+    )
+    with pytest.raises(EngineUnavailable, match=r"^engine 'vllm' needs vllm: pip install"):
+        make_engine(model_dir)  # the registry checks before the adapter loads
+
+
+def test_shutdown_cancels_running_streams_and_stops_the_engine(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+
+    async def main() -> list[StreamDelta]:
+        stream = engine.generate(request("long", LONG, max_tokens=500))
+        first = await anext(stream)
+        await engine.shutdown()
+        rest = [d async for d in stream]
+        with pytest.raises(EngineError, match="shut down"):
+            await anext(engine.generate(request("late")))
+        return [first, *rest]
+
+    deltas = asyncio.run(main())
+    assert deltas[-1].finish_reason == "cancelled"
+    assert engine._engine.shutdown_calls == 1
+    assert engine.num_running() == 0
+
+
+def test_an_engine_failure_ends_the_stream_with_an_error_delta(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+    engine._engine.shutdown()  # the engine dies under the adapter
+    deltas = asyncio.run(collect(engine, request("dead")))
+    assert [d.finish_reason for d in deltas] == ["error"]
+    assert deltas[0].error is not None and "EngineDeadError" in deltas[0].error
+    assert engine.num_running() == 0
+
+
+def test_a_second_event_loop_is_a_clear_error_not_a_hang(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+    first = asyncio.run(collect(engine, request("one", max_tokens=4)))
+    assert first[-1].finish_reason == "length"
+    with pytest.raises(EngineError, match="bound to the event loop it first ran in"):
+        asyncio.run(collect(engine, request("two", max_tokens=4)))
+
+
+def test_importing_the_adapters_imports_no_engine_package() -> None:
+    code = (
+        "import sys, aimo_infer, aimo_infer.backends.vllm, aimo_infer.backends.trtllm; "
+        "bad = [m for m in ('vllm', 'tensorrt_llm', 'torch') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STANDIN_DIR), os.getcwd()])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
