@@ -1,0 +1,146 @@
+"""Finding and killing processes a cell left behind, from outside the sandbox.
+
+A session's processes are recognised by their uid (root: one uid per session) or by their
+process group (otherwise; the seccomp filter forbids leaving it). After a cell only pids
+created since the cell started can be strays, so the scan looks at that pid window only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Container, Iterable
+
+Owner = Callable[[int], bool]
+LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+
+def last_pid() -> int:
+    """The most recently allocated pid in this pid namespace (-1 if the kernel hides it)."""
+    try:
+        with open(LAST_PID, "rb") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return -1
+
+
+def pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return 4_194_304
+
+
+def in_window(pid: int, since: int, until: int) -> bool:
+    """Whether ``pid`` was allocated after ``since`` and up to ``until`` (pids wrap around)."""
+    if since < 0 or until < 0:
+        return True
+    if until >= since:
+        return since < pid <= until
+    return pid > since or pid <= until
+
+
+def uid_owner(uid: int) -> Owner:
+    def owns(pid: int) -> bool:
+        try:
+            return os.stat(f"/proc/{pid}").st_uid == uid
+        except OSError:
+            return False
+
+    return owns
+
+
+def pgid_owner(pgid: int) -> Owner:
+    def owns(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            return int(fields[2]) == pgid
+        except (OSError, IndexError, ValueError):
+            return False
+
+    return owns
+
+
+def pids(since: int = -1, until: int = -1) -> list[int]:
+    """Pids allocated in the window (all pids without one); a short window is not listed from
+    /proc but probed pid by pid (a pid that no longer exists fails the owner check later)."""
+    if 0 <= since <= until and until - since <= 512:
+        return list(range(since + 1, until + 1))
+    found = []
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            name = entry.name
+            if name.isdigit():
+                pid = int(name)
+                if in_window(pid, since, until):
+                    found.append(pid)
+    return found
+
+
+def window_explained(since: int, until: int, known: Container[int]) -> bool:
+    """Whether every pid allocated in (since, until] is one the caller created itself: then no
+    process of a session can have been created, and the /proc scan can be skipped."""
+    if since < 0 or until < since or until - since > 256:
+        return False
+    return all(pid in known for pid in range(since + 1, until + 1))
+
+
+def wait_gone(pidfds: list[int], timeout_s: float) -> None:
+    """Wait until every process behind ``pidfds`` has exited (a killed process needs a moment)."""
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    waiting = list(pidfds)
+    while waiting and time.monotonic() < deadline:
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _event in poller.poll(max(1, int((deadline - time.monotonic()) * 1000)))}
+        waiting = [fd for fd in waiting if fd not in ready]
+
+
+def kill_strays(owner: Owner, keep: Iterable[int], since: int = -1, max_rounds: int = 200,
+                wait_s: float = 0.0) -> int:
+    """SIGKILL every process ``owner`` claims, except ``keep``, until a scan finds none new.
+
+    A process being killed cannot complete a fork, so repeating the scan converges even for
+    fork bombs (whose size the process limit bounds anyway). Returns how many were killed.
+    """
+    seen = set(keep)
+    killed: list[int] = []
+    try:
+        for _ in range(max_rounds):
+            fresh = [pid for pid in pids(since, last_pid() if since >= 0 else -1)
+                     if pid not in seen]
+            hits = [fd for fd in (_kill_if_owned(pid, owner) for pid in fresh) if fd is not None]
+            seen.update(fresh)
+            killed += hits
+            if not hits:
+                break
+        if wait_s:
+            wait_gone(killed, wait_s)
+    finally:
+        for fd in killed:
+            os.close(fd)
+    return len(killed)
+
+
+def _kill_if_owned(pid: int, owner: Owner) -> int | None:
+    """Kill through a pidfd, checked after it pins the process, so a recycled pid is never hit.
+    Returns the pidfd of a killed process (the caller closes it)."""
+    if not owner(pid):  # cheap filter first
+        return None
+    try:
+        handle = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if not owner(pid):
+        os.close(handle)
+        return None
+    with contextlib.suppress(OSError):
+        signal.pidfd_send_signal(handle, signal.SIGKILL)
+    return handle

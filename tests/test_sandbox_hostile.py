@@ -1,0 +1,402 @@
+"""The hostile corpus: each case runs attack cells in a fresh session and asserts the safe outcome.
+
+Attacks that would hurt this machine if containment failed (kill(-1), killing every pid, fork
+bombs) run inside a throwaway PID namespace. The last test checks that the whole corpus left no
+process and no file behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from sandbox import ExecResult, SandboxConfig, SandboxPool
+
+SECRET = "hostile-corpus-secret-4f1c"
+UID_BASE = 64_000
+UID_COUNT = 200
+CONFIG = SandboxConfig(cpu_time_s=1.0, wall_time_s=4.0, memory_mb=512, max_output_bytes=4000,
+                       uid_base=UID_BASE, uid_count=UID_COUNT)
+
+
+@dataclass
+class Env:
+    pool: SandboxPool
+    canary: str  # a world-writable directory outside every scratch directory
+    port: int
+    listener: socket.socket
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    os.environ["HOSTILE_SECRET"] = SECRET  # must never reach a cell
+    canary = f"/tmp/sandbox-canary-{os.getpid()}"
+    os.makedirs(canary, exist_ok=True)
+    os.chmod(canary, 0o777)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    pool = SandboxPool(CONFIG)
+    pool.start_sync()
+    yield Env(pool, canary, listener.getsockname()[1], listener)
+    pool.close_sync()
+    listener.close()
+    shutil.rmtree(canary, ignore_errors=True)
+    os.environ.pop("HOSTILE_SECRET", None)
+
+
+def run_cells(env: Env, *cells: str, timeout: float | None = None) -> list[ExecResult]:
+    """Run cells in order in one fresh session; placeholders name the test's resources."""
+    values = {"canary": env.canary, "port": env.port, "manager": env.pool.manager_pid,
+              "harness": os.getpid()}
+
+    async def go() -> list[ExecResult]:
+        session = await env.pool.open_session()
+        try:
+            return [await session.run(textwrap.dedent(cell).format(**values), timeout=timeout)
+                    for cell in cells]
+        finally:
+            await session.close()
+
+    return asyncio.run(go())
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def still_works(result: ExecResult) -> None:
+    assert result.status == "ok", result
+    assert result.stdout == "alive\n"
+
+
+PROBE = "print('alive')"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    cells: tuple[str, ...]
+    check: Callable[[Env, list[ExecResult]], None]
+    timeout: float | None = None
+
+
+def status_is(*statuses: str) -> Callable[[Env, list[ExecResult]], None]:
+    """First cell ends with one of ``statuses``; the session then still answers."""
+
+    def check(_env: Env, results: list[ExecResult]) -> None:
+        assert results[0].status in statuses, results[0]
+        still_works(results[-1])
+
+    return check
+
+
+def rolled_back(*statuses: str) -> Callable[[Env, list[ExecResult]], None]:
+    """Cell 0 sets x=1, cell 1 changes x then fails, cell 2 must still see x == 1."""
+
+    def check(_env: Env, results: list[ExecResult]) -> None:
+        assert results[1].status in statuses, results[1]
+        assert results[2].stdout == "1\n", results[2]
+
+    return check
+
+
+def denied(_env: Env, results: list[ExecResult]) -> None:
+    """The attack raised (PermissionError and friends) and printed no ESCAPED marker."""
+    assert results[0].status == "error", results[0]
+    assert "ESCAPED" not in results[0].stdout
+    still_works(results[-1])
+
+
+def no_canary(name: str) -> Callable[[Env, list[ExecResult]], None]:
+    def check(env: Env, results: list[ExecResult]) -> None:
+        assert "ESCAPED" not in results[0].stdout
+        assert not os.path.exists(os.path.join(env.canary, name)), "wrote outside scratch"
+        still_works(results[-1])
+
+    return check
+
+
+def children_dead(env: Env, results: list[ExecResult]) -> None:
+    """The cell printed the pids it left running; all must be gone when the result arrives."""
+    pids = [int(word) for word in results[0].stdout.split() if word.isdigit()]
+    assert pids, results[0]
+    assert not [pid for pid in pids if alive(pid)], "a stray process survived the cell"
+    still_works(results[-1])
+
+
+def secret_hidden(_env: Env, results: list[ExecResult]) -> None:
+    assert SECRET not in results[0].stdout + results[0].stderr
+    still_works(results[-1])
+
+
+def no_connection(env: Env, results: list[ExecResult]) -> None:
+    assert results[0].status == "error", results[0]
+    with pytest.raises(BlockingIOError):
+        env.listener.accept()
+    still_works(results[-1])
+
+
+def truncated(_env: Env, results: list[ExecResult]) -> None:
+    first = results[0]
+    assert first.truncated, first
+    text = first.stdout + first.stderr
+    assert len(text.encode()) < 3 * CONFIG.max_output_bytes
+    assert "bytes cut" in text and text.rstrip().endswith("END")
+    still_works(results[-1])
+
+
+CASES = [
+    # limits
+    Case("busy loop", ("while True: pass", PROBE), status_is("timeout")),
+    Case("C-level huge power", ("10**(10**9)", PROBE), status_is("timeout")),
+    Case("C-level long sum", ("sum(range(4*10**9))", PROBE), status_is("timeout")),
+    Case("sleep past wall clock", ("import time\ntime.sleep(60)", PROBE), status_is("timeout")),
+    Case("timeout rolls back", ("x = 1", "x = 2\nwhile True: pass", "print(x)"),
+         rolled_back("timeout")),
+    Case("per-call timeout", ("import time\nt=time.process_time()\nwhile time.process_time()-t<0.6:"
+                              " pass\nprint('done')", PROBE), status_is("timeout"), timeout=0.3),
+    Case("bytearray bomb", ("b = bytearray(10**11)", PROBE), status_is("memory")),
+    Case("list growth bomb", ("l = []\nwhile True: l.append(' ' * 10**7)", PROBE),
+         status_is("memory", "crashed")),
+    Case("numpy bomb", ("import numpy as np\na = np.ones(10**11)", PROBE), status_is("memory")),
+    Case("memory rolls back", ("x = 1", "x = 2\nb = bytearray(10**11)", "print(x)"),
+         rolled_back("memory")),
+    Case("huge int printing works", ("print(len(str(10**5000)))\nprint('alive')",),
+         lambda _e, r: r[0].stdout == "5001\nalive\n"),
+    Case("deep recursion", ("def f(n): return f(n + 1)\nf(0)", PROBE), status_is("error")),
+    Case("deep recursion, raised limit", ("import sys\nsys.setrecursionlimit(10**8)\n"
+                                          "def f(n): return f(n + 1)\nf(0)", PROBE),
+         status_is("crashed", "memory", "error", "timeout")),
+    Case("stdout flood", ("import sys\nfor i in range(30000): print('spam', i)\nprint('END')",
+                          PROBE), truncated),
+    Case("stderr flood", ("import sys\nsys.stderr.write('e' * 10**7)\nsys.stderr.write('END')",
+                          PROBE), truncated),
+    Case("no output leaks into the next cell", ("print('leak', end='')\nwhile True: pass",
+                                                PROBE), status_is("timeout")),
+    # exits, crashes, signals
+    Case("sys.exit", ("x = 1", "x = 2\nimport sys\nsys.exit(3)", "print(x)"),
+         rolled_back("exited")),
+    Case("os._exit", ("x = 1", "x = 2\nimport os\nos._exit(0)", "print(x)"),
+         rolled_back("exited")),
+    Case("segfault through ctypes", ("x = 1", "x = 2\nimport ctypes\nctypes.string_at(0)",
+                                     "print(x)"), rolled_back("crashed")),
+    Case("abort", ("import os\nos.abort()", PROBE), status_is("crashed")),
+    Case("KeyboardInterrupt", ("raise KeyboardInterrupt", PROBE), status_is("error")),
+    Case("input() does not hang", ("input()", PROBE), status_is("error")),
+    Case("signal.alarm is disarmed after the cell",
+         ("import signal\nsignal.alarm(1)", "import time\ntime.sleep(1.5)\nprint('alive')"),
+         lambda _e, r: still_works(r[1])),
+    Case("SIGALRM handler that raises", ("import signal\ndef h(*a): raise SystemExit(9)\n"
+                                         "signal.signal(signal.SIGALRM, h)\nsignal.alarm(1)",
+                                         "import time\ntime.sleep(1.5)\nprint('alive')"),
+         lambda _e, r: still_works(r[1])),
+    Case("kill the manager", ("import os, signal\nos.kill({manager}, signal.SIGKILL)\n"
+                              "print('ESCAPED')", PROBE), denied),
+    Case("kill the parent", ("import os\nos.kill(os.getppid(), 9)\nprint('ESCAPED')", PROBE),
+         denied),
+    Case("kill the harness", ("import os\nos.kill({harness}, 9)\nprint('ESCAPED')", PROBE),
+         denied),
+    Case("kill own process group", ("import os\nos.killpg(0, 9)\nprint('ESCAPED')", PROBE),
+         denied),
+    Case("signal self", ("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n"
+                         "print('ESCAPED')", PROBE), denied),
+    # processes and programs
+    Case("subprocess", ("import subprocess\nsubprocess.run(['true'])\nprint('ESCAPED')", PROBE),
+         denied),
+    Case("os.system", ("import os\nr = os.system('touch {canary}/system')\n"
+                       "print('ESCAPED' if r == 0 else 'failed')", PROBE), no_canary("system")),
+    Case("execv", ("import os\nos.execv('/bin/sh', ['sh', '-c', 'echo ESCAPED'])", PROBE),
+         denied),
+    Case("posix_spawn", ("import os\nos.posix_spawn('/bin/true', ['true'], {{}})\n"
+                         "print('ESCAPED')", PROBE), denied),
+    Case("setsid daemon", ("import os, time\npid = os.fork()\nif pid == 0:\n"
+                           "    try: os.setsid()\n    except OSError: pass\n"
+                           "    time.sleep(1000)\n    os._exit(0)\nprint(pid)", PROBE),
+         children_dead),
+    Case("double-fork daemon", ("import os, time\nr, w = os.pipe()\nif os.fork() == 0:\n"
+                                "    g = os.fork()\n    if g == 0:\n        time.sleep(1000)\n"
+                                "    os.write(w, str(g).encode())\n    os._exit(0)\n"
+                                "print(int(os.read(r, 32)))", PROBE), children_dead),
+    Case("busy child left running", ("import os\npid = os.fork()\nif pid == 0:\n"
+                                     "    while True: pass\nprint(pid)", PROBE), children_dead),
+    Case("endless thread", ("import threading\ndef spin():\n    while True: pass\n"
+                            "threading.Thread(target=spin, daemon=True).start()\nx = 5",
+                            "print(x)", PROBE),
+         lambda _e, r: (r[0].status == "ok" and "threads were stopped" in r[0].stderr
+                        and r[1].stdout == "5\n" and still_works(r[2]))),
+    Case("thread sleeping forever", ("import threading, time\n"
+                                     "threading.Thread(target=time.sleep, args=(1000,)).start()",
+                                     PROBE), status_is("ok")),
+    Case("ptrace the manager", ("import ctypes\nlibc = ctypes.CDLL(None)\n"
+                                "print('ESCAPED' if libc.ptrace(16, {manager}, 0, 0) == 0 "
+                                "else 'denied')", PROBE), status_is("ok")),
+    Case("new user namespace", ("import ctypes\nlibc = ctypes.CDLL(None)\n"
+                                "assert libc.unshare(0x10000000) != 0\nprint('denied')", PROBE),
+         status_is("ok")),
+    Case("become root", ("import os\nos.setuid(0)\nprint('ESCAPED')", PROBE), denied),
+    Case("raise own limits", ("import resource\nresource.setrlimit(resource.RLIMIT_AS, "
+                              "(-1, -1))\nprint('ESCAPED')", PROBE), denied),
+    # network
+    Case("TCP to a loopback listener", ("import socket\nsocket.create_connection(('127.0.0.1', "
+                                        "{port}), timeout=1)\nprint('ESCAPED')", PROBE),
+         no_connection),
+    Case("IPv6 socket", ("import socket\nsocket.socket(socket.AF_INET6)\nprint('ESCAPED')",
+                         PROBE), denied),
+    Case("UDP send", ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                      "s.sendto(b'x', ('127.0.0.1', {port}))\nprint('ESCAPED')", PROBE), denied),
+    Case("raw packet socket", ("import socket\nsocket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+                               "print('ESCAPED')", PROBE), denied),
+    # environment and files
+    Case("environment read", ("import os\nprint(dict(os.environ))", PROBE), secret_hidden),
+    Case("/proc/*/environ scan", ("import os\nfor p in os.listdir('/proc'):\n"
+                                  "    try: print(open(f'/proc/{{p}}/environ', 'rb').read())\n"
+                                  "    except OSError: pass", PROBE), secret_hidden),
+    Case("harness cmdline and environ", ("print(open('/proc/{harness}/environ', 'rb').read())",
+                                         PROBE), secret_hidden),
+    Case("write outside scratch", ("open('{canary}/outside', 'w').write('x')\nprint('ESCAPED')",
+                                   PROBE), no_canary("outside")),
+    Case("symlink out of scratch", ("import os\nos.symlink('{canary}/via_link', 'link')\n"
+                                    "open('link', 'w').write('x')\nprint('ESCAPED')", PROBE),
+         no_canary("via_link")),
+    Case("mkdir outside scratch", ("import os\nos.mkdir('{canary}/dir')\nprint('ESCAPED')",
+                                   PROBE), no_canary("dir")),
+    Case("scratch is writable", ("open('notes.txt', 'w').write('hello')",
+                                 "print(open('notes.txt').read())"),
+         lambda _e, r: r[1].stdout == "hello\n"),
+    Case("huge file", ("with open('big', 'wb') as f:\n    f.write(b'x' * (200 * 1024 * 1024))",
+                       PROBE), status_is("error", "memory")),
+    # plumbing sabotage
+    Case("closed file descriptors", ("import os\nos.closerange(0, 4096)", PROBE),
+         status_is("crashed", "ok")),
+    Case("garbage file descriptors", ("import os\nfd = os.open('/dev/null', os.O_RDWR)\n"
+                                      "for i in range(3, 64):\n    try: os.dup2(fd, i)\n"
+                                      "    except OSError: pass", PROBE),
+         status_is("crashed", "ok")),
+    Case("monkeypatched builtins", ("import builtins, json\nbuiltins.len = lambda x: 0\n"
+                                    "builtins.isinstance = None\nbuiltins.str = None\n"
+                                    "json.dumps = None\nbuiltins.print = None", "x = 7",
+                                    "import sys\nsys.stdout.write('alive\\n')"),
+         lambda _e, r: (r[0].status == "ok" and r[1].status == "ok" and
+                        r[2].stdout == "alive\n")),
+    Case("replaced sys.stdout", ("import sys, io\nsys.stdout = io.StringIO()\n"
+                                 "sys.__stdout__ = None", PROBE), status_is("ok")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_hostile_case(env: Env, case: Case) -> None:
+    results = run_cells(env, *case.cells, timeout=case.timeout)
+    assert len(results) == len(case.cells)
+    outcome = case.check(env, results)
+    assert outcome is not False, results
+
+
+# ----- attacks that need a throwaway PID namespace
+NAMESPACE_ATTACKS = {
+    "kill(-1)": "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('ESCAPED')",
+    "kill every pid": "import os\nfor p in range(1, 70000):\n    try: os.kill(p, 9)\n"
+                      "    except OSError: pass\nprint('done')",
+    "fork bomb": "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass",
+    "setsid fork bomb": "import os\nwhile True:\n    try:\n        if os.fork() == 0: os.setsid()\n"
+                        "    except OSError: pass",
+    "thread bomb": "import threading, time\nwhile True:\n"
+                   "    threading.Thread(target=time.sleep, args=(100,)).start()",
+}
+
+NAMESPACE_SCRIPT = r"""
+import asyncio, json, os, sys
+from sandbox import SandboxConfig, SandboxPool
+attacks = json.loads(sys.argv[1])
+config = SandboxConfig(**json.loads(sys.argv[2]))
+async def main():
+    out = {}
+    async with SandboxPool(config) as pool:
+        for name, code in attacks.items():
+            s = await pool.open_session()
+            r = await s.run(code)
+            after = await s.run("print('alive')")
+            out[name] = [r.to_json(), after.to_json()]
+            await s.close()
+    return out
+out = asyncio.run(main())
+while True:
+    try:
+        if os.waitpid(-1, os.WNOHANG)[0] == 0: break
+    except ChildProcessError:
+        break
+out["leftover"] = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def namespace_results() -> dict[str, object]:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to run attacks inside a throwaway PID namespace")
+    probe = subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a PID namespace here: " + probe.stderr.decode().strip())
+    config = {"cpu_time_s": 1.0, "wall_time_s": 3.0, "uid_base": UID_BASE + UID_COUNT,
+              "uid_count": 50}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c",
+                           NAMESPACE_SCRIPT, json.dumps(NAMESPACE_ATTACKS), json.dumps(config)],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(NAMESPACE_ATTACKS))
+def test_attack_in_pid_namespace(namespace_results: dict[str, object], name: str) -> None:
+    attack, after = namespace_results[name]  # type: ignore[misc]
+    assert "ESCAPED" not in attack["stdout"]
+    assert attack["status"] in {"ok", "error", "timeout", "memory", "crashed"}
+    assert after["status"] == "ok" and after["stdout"] == "alive\n", after
+
+
+def test_namespace_left_no_process(namespace_results: dict[str, object]) -> None:
+    assert namespace_results["leftover"] == []
+
+
+# ----- after the corpus
+def sandbox_uid_processes() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                uid = os.stat(f"/proc/{entry}").st_uid
+            except OSError:
+                continue
+            if UID_BASE <= uid < UID_BASE + UID_COUNT + 50:
+                found.append(int(entry))
+    return found
+
+
+def test_corpus_left_nothing_behind(env: Env) -> None:
+    """Runs last in this module: closing the pool leaves no process, scratch or canary file."""
+    manager = env.pool.manager_pid
+    assert manager is not None
+    env.pool.close_sync()
+    assert not alive(manager)
+    if os.geteuid() == 0:
+        assert sandbox_uid_processes() == []
+    assert os.listdir(env.canary) == []
+    leftovers = [name for name in os.listdir(CONFIG.scratch_root)
+                 if name.startswith(f"s{manager}-")]
+    assert leftovers == []
