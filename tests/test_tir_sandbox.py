@@ -1,0 +1,45 @@
+"""The TIR loop with the real sandbox (the default runner), driven by the replay engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aimo_infer.backends.replay import ReplayEngine
+from aimo_infer.config import Config
+from aimo_infer.controller import ProblemResult, stream_seed
+from aimo_infer.runtime import harness
+
+
+def test_code_runs_in_the_real_sandbox_with_state_and_limits() -> None:
+    seeds = [stream_seed(0, "p", i) for i in range(2)]
+    scripts = {
+        seeds[0]: [
+            "Set up.\n```python\nimport sympy as sp\nx = sp.Symbol('x')\nr = sp.solve(x**2 - 49, x)\n```",
+            " Roots found.\n```python\nprint(max(r))\n```",
+            " So \\boxed{7}.",
+        ],
+        seeds[1]: [
+            "```python\nwhile True:\n    pass\n```",
+            " That hung.\n```python\nprint(undefined_name)\n```",
+            " \\boxed{7}",
+        ],
+    }
+    cfg = Config()
+    cfg.solve.num_streams = 2
+    cfg.solve.stop_policy = "all"
+    cfg.solve.tir.code_timeout_s = 1.0
+
+    async def go() -> ProblemResult:
+        async with harness(cfg, engine=ReplayEngine(scripts)) as controller:
+            return await controller.solve("p", "Find the positive root of x^2 = 49.")
+
+    result = asyncio.run(go())
+    first, second = result.streams
+    assert [c.status for c in first.code_calls] == ["ok", "ok"]
+    assert first.code_calls[1].feedback == "7"  # state kept between cells
+    assert "```output\n7\n```" in first.text
+    assert [c.status for c in second.code_calls] == ["timeout", "error"]
+    assert second.code_calls[0].feedback.endswith("Timed out")
+    assert "NameError" in second.code_calls[1].feedback
+    assert "Traceback" not in second.text
+    assert result.answer == 7
