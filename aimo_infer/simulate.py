@@ -1,0 +1,244 @@
+"""Policy simulator: re-score recorded streams under other settings without running a model.
+
+A problem is a set of streams, each with an answer and the time it arrives. The simulator
+feeds the arrivals, in time order, to the same stop-policy objects and the same vote the
+controller uses, cuts at the deadline the same ``TimeBudget`` grants, and reports the answer
+and the time. Two inputs: a dry-run directory (``runs.py`` records) and per-sample traces of
+real models (``sample_traces.py``).
+
+What a recording cannot tell, and what is assumed instead:
+- A stream the run cut (policy cancel, problem deadline) has an unknown final answer. It keeps
+  its recorded partial answer when the simulated deadline cuts it no earlier than the recorded
+  cut; if the simulation lets it run to its end, it votes "no answer" (counted in
+  ``cut_answers``, with the answers a simulated deadline cuts off). Its end is estimated: it keeps its own generation rate and stops at the
+  median length of the run's self-ended streams that were longer than it was when cut
+  (max tokens when none were).
+- A stream still running at a simulated deadline it did not reach in the recording votes its
+  recorded partial answer if it had one by then, else nothing.
+- ``tok_s_scale`` divides generation time (not code time) by the scale; the rate does not
+  change with the number of streams running.
+"""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aimo_infer.budget import TimeBudget
+from aimo_infer.config import BudgetConfig
+from aimo_infer.policies import StopPolicy
+from aimo_infer.run_budget import solve_window
+from aimo_infer.runs import ProblemRecord, StreamRecord
+from aimo_infer.vote import Answer, VoteResult, majority_vote
+
+
+@dataclass(frozen=True)
+class SimStream:
+    """A stream as the simulator sees it."""
+
+    answer: Answer | None  # its final answer (a cut stream: its answer when cut)
+    finish_s: float  # when it ends by itself (a cut stream: an estimate)
+    tokens: int  # tokens when it ends (a cut stream: an estimate)
+    cut_s: float | None = None  # set for a stream the recording cut: its answer then is known
+
+
+@dataclass(frozen=True)
+class SimProblem:
+    """A problem to re-score: its streams, what each answer is worth, fixed costs."""
+
+    problem_id: str
+    source: str
+    streams: tuple[SimStream, ...]
+    answer_correct: dict[Answer, bool] = field(default_factory=dict)
+    has_reference: bool = True
+    overhead_s: float = 0.0  # time charged beyond the decision (cancelling, prompt rendering)
+
+    def is_correct(self, answer: Answer | None) -> bool | None:
+        if not self.has_reference:
+            return None
+        return answer is not None and self.answer_correct.get(answer, False)
+
+
+@dataclass(frozen=True)
+class SimOutcome:
+    """What the controller would have done on one problem."""
+
+    problem_id: str
+    source: str
+    vote: VoteResult
+    stop_reason: str
+    decision_s: float  # when it stopped waiting
+    used_s: float  # charged to the budget: decision plus overhead
+    deadline_s: float | None
+    tokens: int
+    cut_answers: int  # votes counted as "no answer" because a cut hid the stream's answer
+    correct: bool | None
+
+    @property
+    def answer(self) -> Answer | None:
+        return self.vote.answer
+
+
+def simulate_problem(problem: SimProblem, policy: StopPolicy,
+                     deadline_s: float | None = None) -> SimOutcome:
+    """The controller's loop on known arrivals: vote as streams arrive, stop when the policy
+    fires with streams still running, cut what is left at the deadline."""
+    streams = problem.streams
+    num_streams = len(streams)
+    order = sorted(range(num_streams), key=lambda i: (streams[i].finish_s, i))
+    answers: list[Answer | None] = []
+    cut = 0
+    arrived: set[int] = set()
+    stop_reason, decision = "all finished", 0.0
+    for position, i in enumerate(order):
+        stream = streams[i]
+        if deadline_s is not None and stream.finish_s > deadline_s:
+            stop_reason, decision = "deadline", deadline_s
+            break
+        arrived.add(i)
+        decision = stream.finish_s
+        if stream.cut_s is None:
+            answers.append(stream.answer)
+        else:
+            answers.append(None)
+            cut += 1
+        reason = policy.fired(answers, num_streams)
+        if reason is not None and position < num_streams - 1:
+            stop_reason = reason
+            break
+    if stop_reason == "deadline":
+        for i in range(num_streams):  # still running: cut, their partial answers vote
+            if i in arrived:
+                continue
+            stream = streams[i]
+            known = stream.cut_s is not None and stream.cut_s <= decision
+            answers.append(stream.answer if known else None)
+            cut += stream.answer is not None and not known
+    vote = majority_vote(answers)
+    tokens = sum(_tokens_at(s, decision) for s in streams)
+    return SimOutcome(problem.problem_id, problem.source, vote, stop_reason, decision,
+                      decision + problem.overhead_s, deadline_s, tokens, cut,
+                      problem.is_correct(vote.answer))
+
+
+def _tokens_at(stream: SimStream, t: float) -> int:
+    if stream.finish_s <= t or stream.finish_s <= 0:
+        return stream.tokens
+    return int(stream.tokens * max(0.0, t) / stream.finish_s)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A whole simulated run, in serving order."""
+
+    problems: tuple[SimOutcome, ...]
+
+    @property
+    def num_correct(self) -> int:
+        return sum(bool(p.correct) for p in self.problems)
+
+    @property
+    def total_s(self) -> float:
+        return sum(p.used_s for p in self.problems)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(p.tokens for p in self.problems)
+
+
+def simulate_run(problems: Sequence[SimProblem], policy: StopPolicy,
+                 budget: BudgetConfig | None = None, wind_down_s: float = 0.0) -> RunOutcome:
+    """Problems one after another, each with the deadline the time budget grants it.
+
+    The budget runs on a virtual clock that advances by the time each problem is charged,
+    exactly as the dry run drives it; ``budget=None`` means no deadline.
+    """
+    if budget is None:
+        return RunOutcome(tuple(simulate_problem(p, policy) for p in problems))
+    clock = 0.0
+    time_budget = TimeBudget(budget, start=clock, num_problems=len(problems))
+    outcomes = []
+    for problem in problems:
+        allotment = time_budget.allot(clock)
+        deadline = solve_window(allotment.seconds, wind_down_s)
+        outcome = simulate_problem(problem, policy, deadline)
+        time_budget.settle(allotment, outcome.used_s)
+        clock += outcome.used_s
+        outcomes.append(outcome)
+    return RunOutcome(tuple(outcomes))
+
+
+# --- recorded dry runs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LengthModel:
+    """Where a cut stream would have ended: the run's self-ended lengths and rates."""
+
+    lengths: tuple[int, ...]  # sorted
+    median_rate: float  # tokens per second of generation
+    max_tokens: int
+
+    @classmethod
+    def from_records(cls, records: Sequence[ProblemRecord], max_tokens: int) -> LengthModel:
+        ended = [s for r in records for s in r.streams if s.votes and not _was_cut(r, s)]
+        rates = [s.tokens / g for s in ended if s.tokens > 0 and (g := _gen_s(s)) > 0]
+        return cls(tuple(sorted(s.tokens for s in ended)),
+                   statistics.median(rates) if rates else 1.0, max_tokens)
+
+    def final_tokens(self, tokens_so_far: int) -> int:
+        longer = self.lengths[bisect.bisect_right(self.lengths, tokens_so_far):]
+        guess = longer[len(longer) // 2] if longer else self.max_tokens
+        return max(tokens_so_far, min(guess, self.max_tokens))
+
+
+def _gen_s(s: StreamRecord) -> float:
+    return max(0.0, s.finish_s - s.start_s - s.code_s)
+
+
+def _was_cut(record: ProblemRecord, s: StreamRecord) -> bool:
+    """Cut by the controller (a policy, or the problem deadline); a per-stream timeout is the
+    stream's own end, since the simulator does not change it."""
+    return s.end == "cancelled" or (
+        s.end == "deadline" and record.stop_reason == "deadline"
+        and s.finish_s >= record.deadline_s
+    )
+
+
+def problem_from_record(record: ProblemRecord, lengths: LengthModel, num_streams: int | None = None,
+                        tok_s_scale: float = 1.0) -> SimProblem:
+    """A recorded problem as simulator input: its first ``num_streams`` streams (the seeds a
+    run with that many streams uses), generation times divided by ``tok_s_scale``."""
+    if tok_s_scale <= 0:
+        raise ValueError(f"tokens/s scale must be > 0, got {tok_s_scale}")
+    recorded = sorted(record.streams, key=lambda s: s.index)
+    n = len(recorded) if num_streams is None else num_streams
+    if not 1 <= n <= len(recorded):
+        raise ValueError(f"{record.problem_id}: {n} streams asked, {len(recorded)} recorded")
+
+    def scaled(s: StreamRecord, t: float) -> float:
+        code_end = s.start_s + s.code_s
+        return t if t <= code_end else code_end + (t - code_end) / tok_s_scale
+
+    streams = []
+    for s in recorded[:n]:
+        if not _was_cut(record, s):
+            streams.append(SimStream(s.answer, scaled(s, s.finish_s), s.tokens))
+            continue
+        cut_at = record.decision_s if s.end == "cancelled" else record.deadline_s
+        gen_s = max(0.0, cut_at - s.start_s - s.code_s)
+        rate = s.tokens / gen_s if s.tokens > 0 and gen_s > 0 else lengths.median_rate
+        final = lengths.final_tokens(s.tokens)
+        finish = max(s.finish_s, cut_at + (final - s.tokens) / rate)
+        streams.append(SimStream(s.answer, scaled(s, finish), final, scaled(s, cut_at)))
+    answer_correct: dict[Answer, bool] = {}
+    for s in record.streams:
+        if s.answer is not None and s.correct is not None:
+            answer_correct[s.answer] = s.correct
+    if record.answer is not None and record.correct is not None:
+        answer_correct[record.answer] = record.correct
+    return SimProblem(record.problem_id, record.source, tuple(streams), answer_correct,
+                      record.reference is not None,
+                      max(0.0, record.used_s - record.decision_s))
