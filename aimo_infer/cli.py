@@ -18,6 +18,10 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 # (and sets ``func``, which returns an exit code).
 PLUGIN_COMMANDS: dict[str, str] = {
     "models": "aimo_infer.models:add_models_parser",
+    "dryrun": "aimo_infer.dryrun:add_dryrun_parser",
+    "report": "aimo_infer.report:add_report_parser",
+    "simulate": "aimo_infer.simulate_cli:add_simulate_parser",
+    "bundle": "aimo_infer.bundle:add_bundle_parser",
 }
 
 

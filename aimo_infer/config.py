@@ -78,12 +78,26 @@ class BudgetConfig:
 
 
 @dataclass
+class SubmissionConfig:
+    """Serving on Kaggle: when the engine loads, watchdog margins, the fallback answer, logs."""
+
+    load: str = "background"  # eager (before serving) | background (first call waits) | first_call
+    load_timeout_s: float = 1800.0  # the first call waits at most this long for the engine
+    fallback_answer: int = 0  # when no stream states an answer (see aimo_infer/predict.py)
+    wind_down_s: float = 10.0  # the solve deadline comes this long before the allotment ends
+    return_margin_s: float = 2.0  # the watchdog answers this long before the allotment ends
+    restart_timeout_s: float = 120.0  # closing a dead engine or sandbox waits at most this long
+    trace: str | None = None  # JSONL trace of every problem and call (None: no trace)
+
+
+@dataclass
 class Config:
     """Everything a run needs."""
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     solve: SolveConfig = field(default_factory=SolveConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -125,7 +139,7 @@ def _check_type(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if isinstance(hint, type) and not isinstance(value, hint) or (
+    if (isinstance(hint, type) and not isinstance(value, hint)) or (
         hint is int and isinstance(value, bool)
     ):
         raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

@@ -1,0 +1,78 @@
+"""The Kaggle notebook: valid, thin, and it runs end to end against a local checkout."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+import nbformat
+import polars as pl
+import pytest
+
+from aimo_infer.gateway import read_problems
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "aimo-submission.ipynb"
+
+
+def code_cells() -> list[str]:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+def test_the_notebook_is_valid_ipynb() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    tags = [c.metadata.get("tags", []) for c in nb.cells if c.cell_type == "code"]
+    assert ["parameters"] in tags  # papermill can override the paths
+
+
+def test_cells_hold_no_logic() -> None:
+    """Thin: no functions, classes or loops in cells; paths come from environment variables."""
+    sources = code_cells()
+    for source in sources:
+        tree = ast.parse(source)
+        banned = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While)
+        assert not [n for n in ast.walk(tree) if isinstance(n, banned)]
+        assert len(source.splitlines()) <= 12
+    joined = "\n".join(sources)
+    for name in ("AIMO_BUNDLE_DIR", "AIMO_CONFIG", "AIMO_INSTALL", "AIMO_ARGS", "install.sh",
+                 "submission.py"):
+        assert name in joined
+
+
+def test_kaggle_kernel_metadata_runs_offline_on_a_gpu() -> None:
+    meta = json.loads((ROOT / "notebooks" / "kernel-metadata.json").read_text())
+    assert meta["code_file"] == NOTEBOOK.name
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp")
+def test_the_notebook_runs_two_problems_on_the_cpu_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbclient import NotebookClient
+
+    read_problems(ROOT / "aimo_infer" / "data" / "aimo-reference.jsonl").head(2) \
+        .write_csv(tmp_path / "test.csv")
+    config = tmp_path / "cpu.toml"
+    config.write_text((ROOT / "configs" / "cpu-default.toml").read_text()
+                      .replace("base_s = 60.0", "base_s = 15.0")
+                      .replace("max_extra_s = 30.0", "max_extra_s = 0.0"))
+    out = tmp_path / "submission.parquet"
+    monkeypatch.setenv("AIMO_BUNDLE_DIR", str(ROOT))
+    monkeypatch.setenv("AIMO_CONFIG", str(config))
+    monkeypatch.setenv("AIMO_INSTALL", "0")
+    monkeypatch.setenv("AIMO_ARGS", shlex.join([
+        "--csv", str(tmp_path / "test.csv"), "--out", str(out), "--gateway", "local",
+        "--streams", "2", "--max-tokens", "32"]))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    written = pl.read_parquet(out)
+    assert written.height == 2 and written["answer"].dtype == pl.Int64
+    assert written["answer"].is_between(0, 99_999).all()
