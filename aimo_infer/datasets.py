@@ -116,7 +116,9 @@ def select(
     return problems
 
 
-def _read_jsonl(path: Path) -> list[Problem]:
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-empty line; errors name the file and line."""
+    path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as exc:
@@ -135,7 +137,11 @@ def _read_jsonl(path: Path) -> list[Problem]:
             raise DatasetError(f"{path}:{number}: expected a JSON object, got "
                                f"{type(row).__name__}")
         rows.append((number, row))
-    return _problems(path, rows)
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[Problem]:
+    return _problems(path, read_jsonl(path))
 
 
 def _read_csv(path: Path) -> list[Problem]:

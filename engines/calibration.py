@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from aimo_infer.datasets import read_jsonl
 from aimo_infer.prompts import load_profile, plain_template, render_prompt
 
 CALIBRATION_FILE = "train.jsonl"
@@ -26,17 +27,10 @@ def read_rows(paths: Iterable[str | Path]) -> list[dict[str, object]]:
     """All JSON rows of the given JSONL files; a bad line names its file and line number."""
     rows: list[dict[str, object]] = []
     for path in paths:
-        with Path(path).open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict) or "problem" not in row:
-                    raise ValueError(f"{path}:{number}: expected an object with a 'problem' field")
-                rows.append(row)
+        for number, row in read_jsonl(path):
+            if "problem" not in row:
+                raise ValueError(f"{path}:{number}: expected an object with a 'problem' field")
+            rows.append(row)
     return rows
 
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from aimo_infer.datasets import load_dataset
 from engines.plan import shell_command
 
 NEMO_FILE = "train.jsonl"
@@ -166,23 +167,9 @@ def training_command(data_dir: str | Path, model: str | Path, rows: int,
 
 
 def read_problems(path: str | Path, limit: int | None = None) -> list[dict[str, str]]:
-    """Problems from JSONL rows with ``id`` and ``problem`` (``answer`` optional)."""
-    rows = []
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("problem"), str):
-                raise ValueError(f"{path}:{number}: expected an object with a 'problem' string")
-            rows.append({"id": str(row.get("id", f"row-{number}")), "problem": row["problem"],
-                         "answer": "" if row.get("answer") is None else str(row["answer"])})
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+    """Problems (``id``, ``problem``, ``answer``) from a bundled set name or a JSONL/CSV file."""
+    problems = load_dataset(str(path)).problems[:limit]
+    return [{"id": p.id, "problem": p.problem, "answer": p.answer or ""} for p in problems]
 
 
 async def generate(problems: Sequence[dict[str, str]], controller: Any, writer: DrafterDataWriter,

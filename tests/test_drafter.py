@@ -130,9 +130,12 @@ def test_training_command_uses_the_published_settings(tmp_path: Path) -> None:
 def test_read_problems_errors_name_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"id": "a", "problem": "x"}\n{"id": "b"}\n')
-    with pytest.raises(ValueError, match=r"p\.jsonl:2: expected an object with a 'problem'"):
+    with pytest.raises(ValueError, match=r"p\.jsonl:2: missing field 'problem'"):
         read_problems(bad)
-    assert [p["id"] for p in read_problems(bad, limit=1)] == ["a"]
+    good = tmp_path / "q.jsonl"
+    good.write_text('{"id": "a", "problem": "x"}\n{"id": "b", "problem": "y", "answer": 3}\n')
+    assert [p["id"] for p in read_problems(good, limit=1)] == ["a"]
+    assert read_problems(good)[1] == {"id": "b", "problem": "y", "answer": "3"}
 
 
 def scripted(request: GenerationRequest) -> list[str]:
