@@ -77,20 +77,19 @@ def load_submission_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def elapsed_before_s() -> float:
-    """Seconds the run spent before this process could serve (the notebook's own start-up)."""
+def elapsed_before_s(entered_at: float) -> float:
+    """Seconds the run spent before it could serve: since the notebook started (it sets
+    $AIMO_RUN_STARTED_AT), else since this entry point was entered (``entered_at``, epoch s).
+
+    Not the process start time: an in-process caller (a test, a notebook kernel) may have been
+    running long before this run began."""
     started = os.environ.get(STARTED_AT_ENV)
     if started:
         try:
             return max(0.0, time.time() - float(started))
         except ValueError:
             log.warning("ignoring %s=%r (not a number)", STARTED_AT_ENV, started)
-    try:
-        import psutil
-
-        return max(0.0, time.time() - psutil.Process().create_time())
-    except Exception:
-        return 0.0
+    return max(0.0, time.time() - entered_at)
 
 
 def problem_file(args: argparse.Namespace, profile: str) -> Path:
@@ -115,7 +114,7 @@ def as_csv(path: Path, workdir: Path) -> Path:
     return target
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, entered_at: float | None = None) -> int:
     from aimo_infer.gateway import kaggle_evaluation_available, kaggle_server, read_problems
     from aimo_infer.gateway import run_gateway as run_local
     from aimo_infer.predict import Predictor
@@ -131,7 +130,8 @@ def serve(args: argparse.Namespace) -> int:
         path = problem_file(args, profile)
         problems = read_problems(path)
     num_problems = args.num_problems or (None if problems is None else problems.height)
-    before = elapsed_before_s()
+    entered_at = time.time() if entered_at is None else entered_at
+    before = elapsed_before_s(entered_at)
     log.info("profile %s, engine %s, %s gateway, %.0fs spent before start-up", profile,
              cfg.engine.name, "kaggle" if use_kaggle else "local", before)
     predictor = Predictor(cfg, num_problems=num_problems, elapsed_before_s=before)
@@ -151,7 +151,7 @@ def serve(args: argparse.Namespace) -> int:
             return EXIT_OK
         assert problems is not None
         result = run_local(predictor.predict, problems, profile=profile, out=args.out,
-                           seed=args.shuffle_seed, startup_s=elapsed_before_s())
+                           seed=args.shuffle_seed, startup_s=elapsed_before_s(entered_at))
         print(result.summary())
         return EXIT_OK
     finally:
@@ -168,11 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from aimo_infer.backends.base import EngineError
     from aimo_infer.gateway import GatewayError
 
+    entered_at = time.time()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return serve(args)
+        return serve(args, entered_at)
     except KeyboardInterrupt:
         print("submission: interrupted", file=sys.stderr)
         return 130

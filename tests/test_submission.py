@@ -142,3 +142,17 @@ def test_a_competition_rerun_serves_kaggles_server(
     assert served["id"].to_list() == ["r1"]
     assert served["answer"].dtype == pl.Int64  # no script for r1: the fallback answer, 0
     assert served["answer"].to_list() == [0]
+
+
+def test_startup_is_counted_from_the_notebook_or_the_entry_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from aimo_infer.serve import STARTED_AT_ENV, elapsed_before_s
+
+    monkeypatch.delenv(STARTED_AT_ENV, raising=False)
+    # Not the process start: a long-lived caller (this test process) must not count.
+    assert 9.0 <= elapsed_before_s(time.time() - 10.0) < 60.0
+    monkeypatch.setenv(STARTED_AT_ENV, str(time.time() - 300.0))
+    assert 299.0 <= elapsed_before_s(time.time()) < 360.0
