@@ -100,55 +100,59 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
+def dataclass_from_table(
+    cls: type, data: Any, where: str = "", error: type[ValueError] = ConfigError
+) -> Any:
+    """Build dataclass ``cls`` from a TOML table (nested dataclasses too), rejecting unknown
+    keys and values of the wrong type with ``error`` naming the key (``where``: its prefix)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+        raise error(f"{where or 'top level'}: expected a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise error(f"{where or 'top level'}: unknown key(s) {unknown}; known: {sorted(known)}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         hint = hints[key]
         path = f"{where}.{key}" if where else key
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, path)  # type: ignore[arg-type]
+            kwargs[key] = dataclass_from_table(hint, value, path, error)  # type: ignore[arg-type]
+        elif not _fits(hint, value):
+            raise error(f"{path}: expected {_type_name(hint)}, got {value!r}")
         else:
-            kwargs[key] = _check_type(hint, value, path)
+            kwargs[key] = float(value) if hint is float else value
     return cls(**kwargs)
 
 
-def _check_type(hint: Any, value: Any, where: str) -> Any:
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether a TOML value fits a type hint (bool is not an int; an int is a float)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            try:
-                return _check_type(arg, value, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} does not fit {hint}")
-    if hint is Any or origin is dict:
-        if origin is dict and not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return value
+        return any(_fits(arg, value) for arg in typing.get_args(hint))
+    if hint is Any:
+        return True
     if hint is type(None):
-        if value is not None:
-            raise ConfigError(f"{where}: expected nothing, got {value!r}")
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (isinstance(hint, type) and not isinstance(value, hint)) or (
-        hint is int and isinstance(value, bool)
-    ):
-        raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
-    return value
+        return value is None
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_fits(item, v) for v in value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a ``Config`` from nested dicts (the shape of the TOML file)."""
-    return _build(Config, data, "")
+    return dataclass_from_table(Config, data)
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -7,16 +7,15 @@ there is any. Relative paths resolve against the current directory; ``${VAR}`` a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aimo_infer.config import dataclass_from_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -149,7 +148,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         _apply_override(data, item)
     data.setdefault("name", p.stem)
     try:
-        return _build(Recipe, data, "")
+        return dataclass_from_table(Recipe, data, "", RecipeError)
     except RecipeError as exc:
         raise RecipeError(f"{p}: {exc}") from exc
 
@@ -315,41 +314,3 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise RecipeError(f"--set {item!r}: {part!r} is not a table")
     node[leaf] = value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Dataclass ``cls`` from a TOML table; unknown keys and wrong types name their key."""
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where or 'recipe'}: expected a table, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise RecipeError(f"{where or 'recipe'}: unknown key(s) {unknown}; known: {sorted(known)}")
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else key
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, path)  # type: ignore[arg-type]
-        elif not _fits(hint, value):
-            raise RecipeError(f"{path}: {value!r} is not a {hint}")
-        else:
-            kwargs[key] = float(value) if hint is float else value
-    return cls(**kwargs)
-
-
-def _fits(hint: Any, value: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(arg, value) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_fits(item, v) for v in value)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, hint)
