@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
+from aimo_infer.backends.base import Engine, GenerationRequest, StreamDelta
 from sandbox.api import ExecResult
 
 
@@ -35,3 +38,31 @@ class ScriptedRunner:
 
     async def close(self) -> None:
         pass
+
+
+def request(rid: str, prompt: str = "Solve it.", **kw: Any) -> GenerationRequest:
+    """A text-prompt request with defaults, for adapter tests."""
+    return GenerationRequest(rid, prompt=prompt, **kw)
+
+
+async def collect(engine: Engine, req: GenerationRequest) -> list[StreamDelta]:
+    """Every delta of one request."""
+    return [d async for d in engine.generate(req)]
+
+
+def text_of(deltas: list[StreamDelta]) -> str:
+    return "".join(d.text for d in deltas)
+
+
+def processes_of_uids(first: int, count: int) -> list[int]:
+    """Pids of live processes owned by uids ``first`` .. ``first + count - 1`` (sandbox sessions)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                uid = os.stat(f"/proc/{entry}").st_uid
+            except OSError:
+                continue
+            if first <= uid < first + count:
+                found.append(int(entry))
+    return found

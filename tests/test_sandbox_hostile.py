@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from sandbox import ExecResult, SandboxConfig, SandboxPool
+from tests.fakes import processes_of_uids
 
 SECRET = "hostile-corpus-secret-4f1c"
 UID_BASE = 64_000
@@ -376,16 +377,7 @@ def test_namespace_left_no_process(namespace_results: dict[str, object]) -> None
 
 # ----- after the corpus
 def sandbox_uid_processes() -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                uid = os.stat(f"/proc/{entry}").st_uid
-            except OSError:
-                continue
-            if UID_BASE <= uid < UID_BASE + UID_COUNT + 50:
-                found.append(int(entry))
-    return found
+    return processes_of_uids(UID_BASE, UID_COUNT + 50)
 
 
 def test_corpus_left_nothing_behind(env: Env) -> None:

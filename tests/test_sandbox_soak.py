@@ -11,6 +11,7 @@ import time
 import pytest
 
 from sandbox import SandboxConfig, SandboxPool
+from tests.fakes import processes_of_uids
 
 UID_BASE = 64_700
 CONFIG = SandboxConfig(cpu_time_s=1.0, wall_time_s=4.0, uid_base=UID_BASE, uid_count=20)
@@ -60,16 +61,7 @@ async def stream(pool: SandboxPool, seed: int, stop: float) -> dict[str, int]:
 
 
 def session_uid_processes() -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                uid = os.stat(f"/proc/{entry}").st_uid
-            except OSError:
-                continue
-            if UID_BASE <= uid < UID_BASE + 20:
-                found.append(int(entry))
-    return found
+    return processes_of_uids(UID_BASE, 20)
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from aimo_infer.backends.base import EngineError, EngineUnavailable, GenerationR
 from aimo_infer.backends.trtllm import TRTLLMEngine, trtllm_sampling_kwargs
 from aimo_infer.config import EngineConfig
 from aimo_infer.manifest import EngineManifest, write_manifest
+from tests.fakes import collect, request, text_of
 
 LONG = "«" + " step" * 60 + "»"
 
@@ -64,18 +65,6 @@ def make_engine(model: Path, **options: Any) -> TRTLLMEngine:
     engine = create_engine(EngineConfig("trtllm", str(model), options))
     assert isinstance(engine, TRTLLMEngine)
     return engine
-
-
-def request(rid: str, prompt: str = "Solve it.", **kw: Any) -> GenerationRequest:
-    return GenerationRequest(rid, prompt=prompt, **kw)
-
-
-async def collect(engine: TRTLLMEngine, req: GenerationRequest) -> list[StreamDelta]:
-    return [d async for d in engine.generate(req)]
-
-
-def text_of(deltas: list[StreamDelta]) -> str:
-    return "".join(d.text for d in deltas)
 
 
 async def settle(engine: TRTLLMEngine) -> int:

@@ -27,6 +27,7 @@ from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import EngineError, EngineUnavailable, GenerationRequest, StreamDelta
 from aimo_infer.backends.vllm import VLLMEngine
 from aimo_infer.config import EngineConfig
+from tests.fakes import collect, request, text_of
 
 LONG = "«" + " step" * 60 + "»"
 
@@ -47,18 +48,6 @@ def make_engine(model_dir: Path, **options: Any) -> VLLMEngine:
     engine = create_engine(EngineConfig("vllm", str(model_dir), options))
     assert isinstance(engine, VLLMEngine)
     return engine
-
-
-def request(rid: str, prompt: str = "Solve it.", **kw: Any) -> GenerationRequest:
-    return GenerationRequest(rid, prompt=prompt, **kw)
-
-
-async def collect(engine: VLLMEngine, req: GenerationRequest) -> list[StreamDelta]:
-    return [d async for d in engine.generate(req)]
-
-
-def text_of(deltas: list[StreamDelta]) -> str:
-    return "".join(d.text for d in deltas)
 
 
 def test_seeds_pass_through_and_give_different_streams(model_dir: Path) -> None:
