@@ -155,17 +155,22 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return dataclass_from_table(Config, data)
 
 
+def read_toml(path: Path, what: str, error: type[ValueError] = ConfigError) -> dict[str, Any]:
+    """A TOML file as a table; a missing or malformed file raises ``error`` naming it."""
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML ({exc})") from exc
+
+
 def load_config(path: str | Path | None) -> Config:
     """Load a TOML config file; None gives the defaults."""
     if path is None:
         return Config()
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML ({exc})") from exc
+    data = read_toml(p, "config file", ConfigError)
     try:
         return config_from_dict(data)
     except ConfigError as exc:

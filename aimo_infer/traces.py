@@ -60,11 +60,3 @@ def read_trace(path: str | Path) -> Iterator[dict[str, Any]]:
                 return
             raise ValueError(f"{path}:{number}: not a JSON event ({exc})") from exc
 
-
-def segments_by_seed(events: list[dict[str, Any]], problem_id: str) -> dict[int, list[str]]:
-    """The engine segments of one problem, per seed, in order: a replay engine script."""
-    scripts: dict[int, list[str]] = {}
-    for ev in events:
-        if ev.get("event") == "segment" and ev.get("problem_id") == problem_id:
-            scripts.setdefault(int(ev["seed"]), []).append(ev["text"])
-    return scripts

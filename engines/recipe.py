@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aimo_infer.config import dataclass_from_table
+from aimo_infer.config import dataclass_from_table, read_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -138,12 +138,7 @@ class Recipe:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe TOML file, apply ``key.sub=value`` overrides (values in TOML syntax)."""
     p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"recipe not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{p}: not valid TOML ({exc})") from exc
+    data = read_toml(p, "recipe", RecipeError)
     for item in overrides or []:
         _apply_override(data, item)
     data.setdefault("name", p.stem)
