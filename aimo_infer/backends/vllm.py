@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 # Options that differ from vLLM's defaults; every other option goes to AsyncEngineArgs untouched.
 DEFAULT_OPTIONS: dict[str, Any] = {"enable_prefix_caching": True, "disable_log_stats": True}
+# How long shutdown waits for the engine core process to exit before vLLM kills it. vLLM's own
+# default (5 s) is no longer than the engine core's wait for its workers (also 5 s), so on a
+# busy machine the engine core was SIGKILLed mid-teardown and left behind unreaped (a zombie).
+SHUTDOWN_TIMEOUT_S = 30.0
 
 
 def vllm_sampling_kwargs(request: GenerationRequest, max_tokens: int) -> dict[str, Any]:
@@ -127,7 +131,11 @@ class VLLMEngine(StreamingEngine):
         await self._engine.abort(request_id)
 
     async def _close(self) -> None:
-        self._engine.shutdown()
+        # Blocks until the engine core process has exited (and is reaped) or the timeout passes.
+        if "timeout" in inspect.signature(self._engine.shutdown).parameters:
+            self._engine.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
+        else:  # vLLM releases without the timeout argument
+            self._engine.shutdown()
 
 
 def _manifest_or_none(model: str) -> Any:

@@ -1,4 +1,7 @@
-"""STAND-IN for ``vllm.engine.arg_utils`` (tests only): a dataclass, so unknown options fail."""
+"""STAND-IN for ``vllm.engine.arg_utils`` (tests only): a dataclass, so unknown options fail.
+
+A few of the real ``AsyncEngineArgs`` fields (vLLM 0.32), with the real defaults.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,14 @@ from typing import Any
 
 @dataclass
 class AsyncEngineArgs:
-    model: str = "facebook/opt-125m"
+    model: str = "Qwen/Qwen3-0.6B"
     tokenizer: str | None = None
     trust_remote_code: bool = False
     dtype: str = "auto"
     seed: int = 0
     max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = 0.92
+    kv_cache_memory_bytes: int | None = None
     quantization: str | None = None
     enable_prefix_caching: bool | None = None
     max_num_seqs: int | None = None

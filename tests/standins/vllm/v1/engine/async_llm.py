@@ -42,6 +42,7 @@ class AsyncLLM:
         self._dead = False
         self.submitted: list[tuple[str, list[int], SamplingParams]] = []  # stand-in only
         self.shutdown_calls = 0  # stand-in only
+        self.shutdown_timeouts: list[float | None] = []  # stand-in only
 
     @classmethod
     def from_engine_args(
@@ -86,6 +87,10 @@ class AsyncLLM:
         trace_headers: Any = None,
         priority: int = 0,
         data_parallel_rank: int | None = None,
+        session_id: str | None = None,
+        kv_hints: Any = None,
+        reasoning_ended: bool | None = None,
+        reasoning_parser_kwargs: dict[str, Any] | None = None,
     ) -> AsyncGenerator[RequestOutput, None]:
         if self._dead:
             raise EngineDeadError()
@@ -158,12 +163,16 @@ class AsyncLLM:
                 index=0,
                 text=text[sent:end] if delta else text[:end],
                 token_ids=new if delta else list(out_ids),
+                cumulative_logprob=None,
+                logprobs=None,
                 finish_reason=finish,
                 stop_reason=stop_reason,
             )
             sent = end
             state.queue.put_nowait(
-                RequestOutput(rid, None, prompt_ids, None, [completion], finished=finish is not None)
+                RequestOutput(
+                    rid, None, prompt_ids, None, [completion], finished=finish is not None
+                )
             )
             if finish is not None:
                 self._states.pop(rid, None)
@@ -176,11 +185,19 @@ class AsyncLLM:
                 continue
             if state.task is not None:
                 state.task.cancel()
-            final = CompletionOutput(index=0, text="", token_ids=[], finish_reason="abort")
+            final = CompletionOutput(
+                index=0,
+                text="",
+                token_ids=[],
+                cumulative_logprob=None,
+                logprobs=None,
+                finish_reason="abort",
+            )
             state.queue.put_nowait(RequestOutput(rid, None, None, None, [final], finished=True))
 
     def shutdown(self, timeout: float | None = None) -> None:
         self.shutdown_calls += 1
+        self.shutdown_timeouts.append(timeout)
         for state in self._states.values():
             if state.task is not None:
                 state.task.cancel()
