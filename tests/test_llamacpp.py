@@ -114,6 +114,9 @@ def test_options_reject_unknown_keys_and_bad_values() -> None:
         parse_options({"kv_unified": 1})
     with pytest.raises(EngineError, match="kv_type"):
         parse_options({"kv_type": "q4"})
+    assert parse_options({"weights": "packaged"}).weights == "packaged"
+    with pytest.raises(EngineError, match="weights"):
+        parse_options({"weights": "q4_0"})
 
 
 def test_missing_gguf_is_a_clear_error(tmp_path: Path) -> None:
@@ -332,6 +335,7 @@ def test_default_model_is_prepared_on_first_use(tmp_path: Path) -> None:
     try:
         info = eng.info
         assert info.model == "smollm2-135m-instruct"
+        assert Path(info.extra["gguf"]).name == "SmolLM2-135M-Instruct.Q8_0.gguf"  # the default
         assert (
             info.tokenizer_path and (Path(info.tokenizer_path) / "tokenizer_config.json").is_file()
         )

@@ -138,3 +138,47 @@ def test_cache_root_follows_the_environment(
 def test_junk_manifest_is_not_a_prepared_model(tmp_path: Path) -> None:
     (tmp_path / models.MANIFEST_NAME).write_text("{not json")
     assert load_prepared(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_rewritten_weights_hold_the_packaged_values(prepared_cache: Path, tmp_path: Path) -> None:
+    """The q8_0 and f16 GGUFs the llama.cpp engine loads are the packaged Q4_1 model, widened."""
+    pytest.importorskip("llama_cpp", reason="rewriting the GGUF needs llama-cpp-python")
+    import shutil
+
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+
+    root = tmp_path / "copy"
+    shutil.copytree(prepared_cache, root, symlinks=True)
+    model_dir = default_model_dir(root)
+    source = {t.name: t for t in GGUFReader(str(load_prepared(model_dir).gguf_path)).tensors}
+    names = ("blk.0.ffn_up.weight", "blk.29.attn_q.weight", "token_embd.weight")
+    for weights, ggml_type in (("f16", GGMLQuantizationType.F16), ("q8_0", GGMLQuantizationType.Q8_0)):
+        prepared = prepare_default_model(root, progress=False, weights=weights)
+        path = prepared.weights_path(weights)
+        assert path is not None and path.name == f"SmolLM2-135M-Instruct.{weights.upper()}.gguf"
+        rewritten = {t.name: t for t in GGUFReader(str(path)).tensors}
+        assert rewritten.keys() == source.keys()
+        for name in names:
+            assert rewritten[name].tensor_type == ggml_type
+            want = dequantize(source[name].data, source[name].tensor_type).reshape(-1, 32)
+            got = dequantize(rewritten[name].data, ggml_type).reshape(-1, 32)
+            if weights == "f16":
+                np.testing.assert_allclose(got, want, rtol=2**-10, atol=1e-7)
+            else:  # half a step of 1/127 of each 32-weight block's largest; the step itself is
+                # stored as f16, which may add up to 127 * 2^-11 of a step (0.56 in all)
+                step = np.abs(want).max(axis=1, keepdims=True) / 127
+                assert np.all(np.abs(got - want) <= step * 0.57 + 1e-7)
+    both = load_prepared(model_dir)
+    assert sorted(both.converted) == ["f16", "q8_0"]
+    assert (model_dir / models.MANIFEST_NAME).stat().st_mode & 0o777 == 0o644
+
+    both.converted["q8_0"].write_bytes(b"GGUF")  # a torn copy is noticed and written again
+    assert load_prepared(model_dir).weights_path("q8_0") is None
+    again = prepare_default_model(root, progress=False, weights="q8_0")
+    assert again.weights_path("q8_0").stat().st_size > 100 << 20
+    assert again.weights_path("f16") == both.converted["f16"]
+    with pytest.raises(ModelUnavailable, match="unknown weights"):
+        prepare_default_model(root, progress=False, weights="q2_k")

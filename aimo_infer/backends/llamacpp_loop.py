@@ -2,7 +2,7 @@
 
 Requests join and leave between steps. A step feeds every sequence's unprocessed tokens (one
 token for a decoding sequence, a chunk of prompt for a prefilling one) to a single llama_decode,
-then samples each sequence that reached its end with its own seeded sampler chain. A new prompt
+then samples each sequence that reached its end with its own seeded sampler. A new prompt
 that shares a prefix with a sequence already in the KV memory copies that KV instead of
 prefilling it again; finished sequences stay in memory as a prefix cache until their slot is
 needed, so a stream resumed after a code cell only prefills what is new.
@@ -17,9 +17,11 @@ import queue
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from aimo_infer.backends.base import FinishReason, GenerationRequest, StreamDelta
+from aimo_infer.backends.sampling import RowSampler
 from aimo_infer.backends.streaming import StopMatcher
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ class LoopStats:
     reused_tokens: int = 0  # of those, tokens whose KV came from another sequence
     generated_tokens: int = 0
     steps: int = 0
+    passes: int = 0  # passes over the weights: a step costs one per run of consecutive ids
 
 
 @dataclass(eq=False)
@@ -78,7 +81,7 @@ class LiveSequence:
     n_prompt: int
     n_past: int
     max_tokens: int
-    sampler: int
+    sampler: RowSampler
     stops: StopMatcher
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: utf8_decoder())
     n_generated: int = 0
@@ -142,6 +145,7 @@ class DecodeLoop:
         self.stats = LoopStats()
         self.rt: LlamaRuntime | None = None
         self.n_ctx_seq = 0
+        self.batch_invariant = True  # read from the runtime once loaded
 
     def post(self, command: Command) -> None:
         """Hand a command to the loop (thread-safe)."""
@@ -157,6 +161,7 @@ class DecodeLoop:
             ready(exc)
             return
         self.n_ctx_seq = self.rt.n_ctx_seq
+        self.batch_invariant = self.rt.batch_invariant
         self._free_ids = list(range(self.rt.settings.n_seq_max - 1, -1, -1))
         ready(None)
         try:
@@ -312,12 +317,15 @@ class DecodeLoop:
         )
 
     def _take_seq_id(self, donor: int | None) -> int | None:
-        """A free sequence slot: a cached donor is adopted, else a free id, else the oldest cache."""
+        """A free sequence slot: a cached donor is adopted, else the lowest free id, else the
+        oldest cache. Low ids first keep the running ids consecutive (see ``_step``)."""
         if donor is not None and donor in self._cached:
             del self._cached[donor]
             return donor
         if self._free_ids:
-            return self._free_ids.pop()
+            lowest = min(self._free_ids)
+            self._free_ids.remove(lowest)
+            return lowest
         if self._cached:
             seq_id, _tokens = self._cached.popitem(last=False)
             assert self.rt is not None
@@ -369,10 +377,11 @@ class DecodeLoop:
         outputs: list[bool] = []
         fed: list[tuple[LiveSequence, int]] = []
         to_sample: list[tuple[LiveSequence, int]] = []
-        # Decoding sequences go first so that a long prompt never stalls them.
-        order = [s for s in self._active if not s.prefilling] + [
-            s for s in self._active if s.prefilling
-        ]
+        # Decoding sequences go first so that a long prompt never stalls them, each group by
+        # sequence id: with one KV stream per sequence llama.cpp runs a batch as one pass over
+        # the weights only while the ids it meets are consecutive (every break costs a pass).
+        by_id = sorted(self._active, key=lambda s: s.seq_id)
+        order = [s for s in by_id if not s.prefilling] + [s for s in by_id if s.prefilling]
         for seq in order:
             start = seq.n_past
             end = min(len(seq.tokens), start + budget)
@@ -399,6 +408,7 @@ class DecodeLoop:
                 self._finish(seq, "error", "", f"llama_decode failed with code {rc}", keep_kv=False)
             return
         self.stats.steps += 1
+        self.stats.passes += 1 + sum(1 for a, b in pairwise(seq_ids) if b - a not in (0, 1))
         for seq, n in fed:
             if seq.prefilling:
                 self.stats.prefilled_tokens += min(n, seq.n_prompt - seq.n_past)
@@ -451,11 +461,10 @@ class DecodeLoop:
         error: str | None = None,
         keep_kv: bool = True,
     ) -> None:
-        """End a sequence: free its sampler, keep its KV as prefix cache or drop it, send the end."""
+        """End a sequence: keep its KV as prefix cache or drop it, send the end."""
         assert self.rt is not None
         self._active.remove(seq)
         del self._by_id[seq.request.request_id]
-        self.rt.free_sampler(seq.sampler)
         if keep_kv and self._prefix_cache and reason != "cancelled" and seq.n_past > 0:
             self._cached[seq.seq_id] = seq.tokens[: seq.n_past]
         else:

@@ -19,8 +19,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import llama_cpp as lc
+import numpy as np
 
 from aimo_infer.backends.base import EngineUnavailable
+from aimo_infer.backends.sampling import RowSampler, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ class ContextSettings:
     kv_type: str = "f16"  # "f16" or "q8_0" (half the memory; turns flash attention on)
 
 
+_FLOAT_FILE_TYPES = {
+    str(t) for t in (lc.LLAMA_FTYPE_ALL_F32, lc.LLAMA_FTYPE_MOSTLY_F16, lc.LLAMA_FTYPE_MOSTLY_BF16)
+}
 _KV_TYPES = {"f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0}
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -63,6 +68,27 @@ def _init_backend() -> None:
             _backend_ready = True
 
 
+# Weight types a GGUF can be rewritten to. f16 holds a 4-bit file's values exactly (to f16
+# rounding), q8_0 to within 1/254 of each 32-weight block's largest; both decode many sequences
+# faster than Q4_1 on AVX2 (llama.cpp's tiled matrix products), one sequence slower.
+WEIGHT_TYPES = {"f16": lc.LLAMA_FTYPE_MOSTLY_F16, "q8_0": lc.LLAMA_FTYPE_MOSTLY_Q8_0}
+
+
+def convert_gguf(source: Path, target: Path, weight_type: str, n_threads: int) -> None:
+    """Write ``source`` with every weight matrix stored as ``weight_type`` (llama.cpp's quantizer)."""
+    ftype = WEIGHT_TYPES.get(weight_type)
+    if ftype is None:
+        raise EngineUnavailable(f"unknown weight type {weight_type!r}: {sorted(WEIGHT_TYPES)}")
+    _init_backend()
+    params = lc.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = True  # the source is already quantized; f16/q8_0 widen it
+    params.nthread = n_threads
+    rc = lc.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    if rc != 0:
+        raise EngineUnavailable(f"llama.cpp could not convert {source} to {weight_type} (code {rc})")
+
+
 class LlamaRuntime:
     """One model, one context with many sequences, one reusable batch."""
 
@@ -77,6 +103,10 @@ class LlamaRuntime:
         if not self._model:
             raise EngineUnavailable(f"llama.cpp could not load the GGUF file {gguf_path}")
         self._vocab = lc.llama_model_get_vocab(self._model)
+        # Float weight matrices take a different matrix-product path for one token than for many,
+        # so a stream's logits depend on the batch around it; 8-bit and 4-bit ones do not (seen
+        # here: the same seed gives the same text alone and among 12 with Q4_1 and q8_0, not f16).
+        self.batch_invariant = self._meta("general.file_type") not in _FLOAT_FILE_TYPES
         self.n_ctx_train = int(lc.llama_model_n_ctx_train(self._model))
         self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
         n_ctx_seq = settings.n_ctx_seq or min(DEFAULT_CONTEXT, self.n_ctx_train)
@@ -118,6 +148,11 @@ class LlamaRuntime:
         self._bos = int(lc.llama_vocab_bos(self._vocab))
         self._add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
 
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(128)
+        n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode(errors="replace") if n >= 0 else None
+
     # -- text ------------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
@@ -153,37 +188,22 @@ class LlamaRuntime:
 
     # -- sampling --------------------------------------------------------------------------------
 
-    def new_sampler(
-        self, *, seed: int, temperature: float, top_p: float, top_k: int, min_p: float
-    ) -> int:
-        """A sampler chain with its own seed: temperature first, then top-k, top-p, min-p.
-
-        The order follows transformers and vLLM, so one config samples alike on every engine.
-        Temperature <= 0 means greedy.
-        """
-        chain_params = lc.llama_sampler_chain_default_params()
-        chain_params.no_perf = True
-        chain = lc.llama_sampler_chain_init(chain_params)
-        if temperature <= 0.0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-            return chain
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(temperature))
-        if top_k > 0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(top_k))
-        if 0.0 < top_p < 1.0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(top_p, 1))
-        if min_p > 0.0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(min_p, 1))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
-
-    def sample(self, sampler: int, output_index: int) -> int:
-        """Sample (and accept) a token from the logits of batch row ``output_index``."""
-        return int(lc.llama_sampler_sample(sampler, self._ctx, output_index))
-
     @staticmethod
-    def free_sampler(sampler: int) -> None:
-        lc.llama_sampler_free(sampler)
+    def new_sampler(
+        *, seed: int, temperature: float, top_p: float, top_k: int, min_p: float
+    ) -> RowSampler:
+        """A sampler with its own seed (``aimo_infer.backends.sampling``; greedy at temperature 0).
+
+        Not llama.cpp's sampler chain: that sorts the whole vocabulary for every top-p draw.
+        """
+        return RowSampler(SamplingParams(temperature, top_p, top_k, min_p), seed)
+
+    def sample(self, sampler: RowSampler, output_index: int) -> int:
+        """Sample a token from the logits of batch row ``output_index`` of the last decode."""
+        pointer = lc.llama_get_logits_ith(self._ctx, output_index)
+        if not pointer:
+            raise RuntimeError(f"llama.cpp has no logits for batch row {output_index}")
+        return sampler.sample(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)))
 
     # -- KV memory -------------------------------------------------------------------------------
 
