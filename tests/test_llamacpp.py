@@ -266,6 +266,24 @@ def test_cancel_frees_one_request_while_others_continue(engine: LlamaCppEngine) 
 
 @pytest.mark.slow
 @needs_engine
+def test_streams_that_end_early_leave_no_gap_and_no_trace(engine: LlamaCppEngine) -> None:
+    """Streams ending at different times: the rest move down, one weight pass per step, and
+    every stream's text is the one it gives alone (the moved KV is the same KV)."""
+    lengths = [6, 30, 10, 30, 3, 30]  # every short one leaves a gap below a running stream
+    requests = [req(f"g{i}", seed=40 + i, max_tokens=n) for i, n in enumerate(lengths)]
+    before = engine.stats()
+    together = run_all(engine, *requests)
+    stats = engine.stats()
+    alone = [run_all(engine, r)[0] for r in requests]
+    assert [o.text for o in together] == [o.text for o in alone]
+    assert [o.tokens for o in together] == lengths
+    assert stats["moves"] - before["moves"] >= 3
+    decode_steps = stats["steps"] - before["steps"] - 1  # the first step prefills the prompt
+    assert stats["passes"] - before["passes"] <= decode_steps + 2
+
+
+@pytest.mark.slow
+@needs_engine
 def test_shared_prompt_is_prefilled_once_and_resumes_reuse_kv(engine: LlamaCppEngine) -> None:
     prompt = chat("Explain, step by step, how to add two fractions with different denominators.")
     before = engine.stats()

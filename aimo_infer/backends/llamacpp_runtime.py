@@ -214,6 +214,16 @@ class LlamaRuntime:
         lc.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
         lc.llama_memory_seq_rm(self._memory, dst, n_tokens, -1)
 
+    def move(self, src: int, dst: int) -> None:
+        """Give sequence ``dst`` all of sequence ``src``'s KV and empty ``src``.
+
+        Across streams llama.cpp copies the whole buffer when the next decode starts (about
+        20 ms here for 8192 cells); copies run in the order they were asked for.
+        """
+        lc.llama_memory_seq_rm(self._memory, dst, -1, -1)
+        lc.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+        lc.llama_memory_seq_rm(self._memory, src, -1, -1)
+
     def truncate(self, seq_id: int, n_tokens: int) -> None:
         """Keep only the first ``n_tokens`` positions of a sequence (0 clears it)."""
         lc.llama_memory_seq_rm(self._memory, seq_id, n_tokens if n_tokens > 0 else -1, -1)
