@@ -392,9 +392,10 @@ def soak(num_calls: int, seed: int) -> None:
     """Random faults; every call must return a valid row for its id, before its deadline."""
     rng = random.Random(seed)
     chaos = Chaos(block_s=0.2)
-    # 75 ms between the watchdog and the deadline: room for a busy machine's scheduling.
+    # 150 ms between the watchdog and the deadline: room for a busy 2-core machine's scheduling
+    # (75 ms once let one call in 1,000 return late while the rest of the suite ran beside it).
     cfg = chaos_config(base_s=0.3)
-    cfg.submission.return_margin_s = 0.075
+    cfg.submission.return_margin_s = 0.15
     cfg.submission.restart_timeout_s = 0.2
     p = make_predictor(chaos, cfg, num_problems=num_calls)
     p.start()

@@ -46,8 +46,8 @@ class LlamaCppOptions:
     prefix_cache: bool = True  # reuse the KV of shared prompt prefixes
     min_prefix_tokens: int = 16  # shorter shared prefixes are recomputed
     tokenizer: str | None = None  # HF tokenizer directory for a custom GGUF (chat template)
-    # Default model only: q8_0 or f16 (written once into the cache; faster for 12 streams on
-    # AVX2, f16 fastest but batch-dependent) or "packaged" (the shipped Q4_1 file).
+    # Default model only: f16 or q8_0 (written once into the cache; faster for 12 streams on
+    # AVX2; f16 fastest, q8_0 batch-independent) or "packaged" (the shipped Q4_1 file).
     weights: str = DEFAULT_WEIGHTS
     cache_dir: str | None = None  # cache root for the default model
     progress: bool = True  # progress display while preparing the default model
