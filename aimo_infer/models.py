@@ -247,10 +247,7 @@ def _prepare_converted(model_dir: Path, source: Path, weights: str, step: Step) 
         tmp.chmod(0o644)
         entry = {"file": converted_filename(weights), "size": tmp.stat().st_size}
         os.replace(tmp, model_dir / entry["file"])
-        manifest_path = model_dir / MANIFEST_NAME
-        manifest = json.loads(manifest_path.read_text())
-        manifest.setdefault("converted", {})[weights] = entry
-        _write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+        _edit_manifest(model_dir, lambda m: m.setdefault("converted", {}).update({weights: entry}))
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -268,10 +265,7 @@ def _prepare_hf_weights(model_dir: Path, step: Step) -> None:
             _save_hf_weights(model_dir, tmp)
         hf_dir = model_dir / "hf"
         _replace_dir(tmp, hf_dir, lambda: (hf_dir / "config.json").is_file())
-        manifest_path = model_dir / MANIFEST_NAME
-        manifest = json.loads(manifest_path.read_text())
-        manifest["hf"] = "hf"
-        _write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+        _edit_manifest(model_dir, lambda m: m.update(hf="hf"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -320,6 +314,14 @@ def _replace_dir(new: Path, target: Path, is_ready: Callable[[], bool]) -> None:
     except OSError:
         if not is_ready():
             raise
+
+
+def _edit_manifest(model_dir: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    """Read the manifest, apply ``change`` to it, write it back atomically."""
+    path = model_dir / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    _write_atomic(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -161,7 +161,8 @@ class LlamaCppEngine(Engine):
             prepared = prepare_default_model(
                 cache, progress=options.progress, weights=options.weights
             )
-            gguf = prepared.weights_path(options.weights) or prepared.gguf_path
+            gguf = prepared.weights_path(options.weights)
+            assert gguf is not None  # prepare_default_model raises when it could not write it
             return cls(gguf, prepared.name, prepared.tokenizer_dir, options)
         path = Path(config.model).expanduser()
         if not path.is_file():

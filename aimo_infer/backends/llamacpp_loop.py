@@ -324,16 +324,7 @@ class DecodeLoop:
         if donor is not None and donor in self._cached:
             del self._cached[donor]
             return donor
-        if self._free_ids:
-            lowest = min(self._free_ids)
-            self._free_ids.remove(lowest)
-            return lowest
-        if self._cached:
-            seq_id, _tokens = self._cached.popitem(last=False)
-            assert self.rt is not None
-            self.rt.truncate(seq_id, 0)
-            return seq_id
-        return None
+        return self._empty_slot(min)
 
     def _start(
         self, submit: Submit, tokens: list[int], seq_id: int, donor: int | None, shared: int
@@ -423,9 +414,7 @@ class DecodeLoop:
         assert self.rt is not None
         if self._cached:
             while self._cached:
-                seq_id, _tokens = self._cached.popitem(last=False)
-                self.rt.truncate(seq_id, 0)
-                self._free_ids.append(seq_id)
+                self._free_ids.append(self._evict_oldest_cache())
             return
         longest = max(self._active, key=lambda s: s.n_past)
         self._finish(longest, "length", longest.decoder.decode(b"", True))
@@ -493,7 +482,7 @@ class DecodeLoop:
                 return
             if gap in self._cached:
                 tokens = self._cached.pop(gap)
-                spare = self._spare_id()
+                spare = self._empty_slot(max)  # caches park on high ids
                 if spare is None:
                     self.rt.truncate(gap, 0)
                 else:
@@ -506,18 +495,20 @@ class DecodeLoop:
             top.seq_id = gap
             self.stats.moves += 1
 
-    def _spare_id(self) -> int | None:
-        """A slot to park a cache in: the highest free id, else the oldest cache's slot."""
-        assert self.rt is not None
+    def _empty_slot(self, pick: Callable[[list[int]], int]) -> int | None:
+        """An empty slot: ``pick`` (min or max) of the free ids, else the oldest cache's slot."""
         if self._free_ids:
-            highest = max(self._free_ids)
-            self._free_ids.remove(highest)
-            return highest
-        if self._cached:
-            seq_id, _tokens = self._cached.popitem(last=False)
-            self.rt.truncate(seq_id, 0)
-            return seq_id
-        return None
+            chosen = pick(self._free_ids)
+            self._free_ids.remove(chosen)
+            return chosen
+        return self._evict_oldest_cache() if self._cached else None
+
+    def _evict_oldest_cache(self) -> int:
+        """Drop the least recently finished sequence's KV; return its now empty slot."""
+        assert self.rt is not None
+        seq_id, _tokens = self._cached.popitem(last=False)
+        self.rt.truncate(seq_id, 0)
+        return seq_id
 
     def _end_unadmitted(self, submit: Submit, reason: FinishReason, error: str | None) -> None:
         self._on_finished(submit.request)
