@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,7 +302,9 @@ def test_shared_prompt_is_prefilled_once_and_resumes_reuse_kv(engine: LlamaCppEn
     resumed = prompt + outs[0].text + "\nNext,"
     run_all(engine, req("resume", prompt=resumed, seed=0, max_tokens=4))
     after = engine.stats()
-    assert after["reused_tokens"] - mid["reused_tokens"] >= n_prompt
+    # All of the first request's KV is reused; only the new text runs.
+    assert after["reused_tokens"] - mid["reused_tokens"] >= n_prompt + outs[0].tokens - 1
+    assert after["prefilled_tokens"] - mid["prefilled_tokens"] <= 6
 
 
 @pytest.mark.slow
@@ -316,6 +322,39 @@ def test_bad_requests_end_with_an_error(engine: LlamaCppEngine) -> None:
 
     asyncio.run(duplicate())
     assert engine.num_running() == 0
+
+
+@pytest.mark.slow
+@needs_engine
+def test_a_busy_neighbour_takes_a_thread_and_gives_it_back(engine: LlamaCppEngine) -> None:
+    """Another process spinning on a core: the loop decodes on fewer threads, returns to all of
+    them once it stops, and no stream's text changes (threads split rows, not sums)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if engine.stats()["threads"] < 2 or cores != engine.stats()["threads"]:
+        pytest.skip("the governor acts only when the engine's threads fill this process's cores")
+    requests = [req(f"n{i}", seed=60 + i, max_tokens=48) for i in range(4)]
+    quiet = run_all(engine, *requests)
+
+    def run_until(done: Callable[[dict[str, int]], bool]) -> list[list[Outcome]]:
+        runs = []
+        deadline = time.monotonic() + 60
+        while not done(engine.stats()) and time.monotonic() < deadline:
+            runs.append(run_all(engine, *requests))
+        return runs
+
+    full = engine.stats()["threads"]
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy_runs = run_until(lambda s: s["threads"] < full)
+        assert engine.stats()["threads"] < full
+        busy_runs += [run_all(engine, *requests)]  # a whole run on fewer threads
+    finally:
+        hog.kill()
+        hog.wait()
+    calm_runs = run_until(lambda s: s["threads"] == full)
+    assert engine.stats()["threads"] == full
+    for outcomes in busy_runs + calm_runs:
+        assert [o.text for o in outcomes] == [o.text for o in quiet]
 
 
 @pytest.mark.slow

@@ -36,6 +36,9 @@ class LlamaCppOptions:
 
     n_ctx: int | None = None  # tokens per sequence; None: the model's context, at most 8192
     n_threads: int | None = None  # None: the cores this process may use
+    # Fewer threads while other processes use those cores (threads spin at llama.cpp's barriers,
+    # fast alone, slow beside a busy process): see aimo_infer.backends.cpu_share.
+    adapt_threads: bool = True
     n_batch: int = 512  # tokens per llama_decode call (prompt chunks share it with decoding)
     max_sequences: int = 16  # requests decoded together; finished ones stay cached in spare slots
     # One KV stream per sequence: a stream's text does not depend on what else is in the batch
@@ -54,7 +57,7 @@ class LlamaCppOptions:
 
 
 _INT_OPTIONS = ("n_ctx", "n_threads", "n_batch", "max_sequences", "min_prefix_tokens")
-_BOOL_OPTIONS = ("kv_unified", "flash_attn", "prefix_cache", "progress")
+_BOOL_OPTIONS = ("kv_unified", "flash_attn", "prefix_cache", "progress", "adapt_threads")
 
 
 def parse_options(options: dict[str, Any]) -> LlamaCppOptions:
@@ -111,6 +114,7 @@ class LlamaCppEngine(Engine):
             kv_unified=options.kv_unified,
             flash_attn=options.flash_attn,
             kv_type=options.kv_type,
+            adapt_threads=options.adapt_threads,
         )
         self._options = options
         self._model_name = model_name
@@ -182,6 +186,7 @@ class LlamaCppEngine(Engine):
             extra={
                 "gguf": str(self._gguf_path),
                 "n_threads": self._settings.n_threads,
+                "adapt_threads": self._settings.adapt_threads,
                 "max_sequences": self._settings.n_seq_max,
                 "kv_unified": self._settings.kv_unified,
                 "kv_type": self._settings.kv_type,

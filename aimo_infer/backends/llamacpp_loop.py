@@ -21,6 +21,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from aimo_infer.backends.base import FinishReason, GenerationRequest, StreamDelta
+from aimo_infer.backends.cpu_share import ThreadGovernor
 from aimo_infer.backends.sampling import RowSampler
 from aimo_infer.backends.streaming import StopMatcher
 
@@ -69,6 +70,8 @@ class LoopStats:
     steps: int = 0
     passes: int = 0  # passes over the weights: a step costs one per run of consecutive ids
     moves: int = 0  # running sequences moved down into a gap (see DecodeLoop._compact)
+    threads: int = 0  # llama.cpp threads now decoding
+    thread_changes: int = 0  # times that count changed for other processes' CPU use (cpu_share)
 
 
 @dataclass(eq=False)
@@ -145,6 +148,7 @@ class DecodeLoop:
         self._stopping = False
         self.stats = LoopStats()
         self.rt: LlamaRuntime | None = None
+        self.governor: ThreadGovernor | None = None
         self.n_ctx_seq = 0
         self.batch_invariant = True  # read from the runtime once loaded
 
@@ -164,6 +168,9 @@ class DecodeLoop:
         self.n_ctx_seq = self.rt.n_ctx_seq
         self.batch_invariant = self.rt.batch_invariant
         self._free_ids = list(range(self.rt.settings.n_seq_max - 1, -1, -1))
+        if self.rt.settings.adapt_threads:
+            self.governor = ThreadGovernor.for_this_process(self.rt.settings.n_threads)
+        self.stats.threads = self.rt.settings.n_threads
         ready(None)
         try:
             while not self._stopping:
@@ -173,6 +180,7 @@ class DecodeLoop:
                 self._admit()
                 if self._active:
                     self._step()
+                    self._adapt_threads()
                 self._flush()
         except BaseException as exc:
             log.exception("llama.cpp decode loop failed")
@@ -180,6 +188,15 @@ class DecodeLoop:
             raise
         finally:
             self._close()
+
+    def _adapt_threads(self) -> None:
+        if self.governor is not None and self.rt is not None:
+            threads = self.governor.update()
+            if threads is not None:
+                self.rt.set_threads(threads)
+                self.stats.threads = threads
+                self.stats.thread_changes += 1
+                log.debug("llama.cpp now decodes on %d thread(s)", threads)
 
     def _drain_commands(self, block: bool) -> None:
         if block:

@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-# llama.cpp's CPU threads meet at a barrier after every operation. OpenMP's default spin-wait
-# collapses throughput (10x seen) when another process holds a core; sleeping waiters do not.
-# Read once, when the OpenMP library loads with llama.cpp; an explicit user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import llama_cpp as lc
 import numpy as np
@@ -40,6 +34,8 @@ class ContextSettings:
     kv_unified: bool  # one KV buffer shared by all sequences (else one stream per sequence)
     flash_attn: bool | None  # None: llama.cpp decides
     kv_type: str = "f16"  # "f16" or "q8_0" (half the memory; turns flash attention on)
+    # Fewer threads while other processes use our cores (``aimo_infer.backends.cpu_share``).
+    adapt_threads: bool = True
 
 
 _FLOAT_FILE_TYPES = {
@@ -204,6 +200,10 @@ class LlamaRuntime:
         if not pointer:
             raise RuntimeError(f"llama.cpp has no logits for batch row {output_index}")
         return sampler.sample(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)))
+
+    def set_threads(self, n_threads: int) -> None:
+        """Threads for the following decodes (llama.cpp reads it at every graph run)."""
+        lc.llama_set_n_threads(self._ctx, n_threads, n_threads)
 
     # -- KV memory -------------------------------------------------------------------------------
 
