@@ -309,6 +309,38 @@ def test_shared_prompt_is_prefilled_once_and_resumes_reuse_kv(engine: LlamaCppEn
 
 @pytest.mark.slow
 @needs_engine
+def test_a_stream_cancelled_after_a_code_block_resumes_from_its_own_kv(
+    engine: LlamaCppEngine,
+) -> None:
+    """The solve loop cancels a stream once its text holds a code block, runs the code, and
+    resumes with the text up to the block plus the output: the cancelled stream's KV stays."""
+    prompt = chat("Write a long story about a dog who learns to count.")
+
+    async def cancelled_after(n_tokens: int) -> Outcome:
+        out = Outcome("", 0, None, None, 0)
+        async for delta in engine.generate(req("cut", prompt=prompt, seed=3, max_tokens=200)):
+            out.text += delta.text
+            out.tokens += delta.num_tokens
+            out.finish = delta.finish_reason
+            if out.tokens >= n_tokens and out.finish is None:
+                await engine.cancel("cut")
+        return out
+
+    cut = asyncio.run(cancelled_after(40))
+    assert cut.finish == "cancelled" and cut.tokens >= 40
+    kept = cut.text[: len(cut.text) - 3]  # the controller keeps the text up to the block's end
+    before = engine.stats()
+    resumed = prompt + kept + "\n```output\n42\n```\n"
+    (out,) = run_all(engine, req("back", prompt=resumed, seed=3, max_tokens=4))
+    after = engine.stats()
+    assert out.finish == "length"
+    n_prompt = after["prompt_tokens"] - before["prompt_tokens"]
+    # Only the last tokens of the kept text and the output run again.
+    assert after["prefilled_tokens"] - before["prefilled_tokens"] <= 20 < n_prompt - 40
+
+
+@pytest.mark.slow
+@needs_engine
 def test_bad_requests_end_with_an_error(engine: LlamaCppEngine) -> None:
     (too_long,) = run_all(engine, req("long", prompt="word " * 2000, max_tokens=4))
     assert too_long.finish == "error" and "context" in (too_long.error or "")

@@ -473,7 +473,9 @@ class DecodeLoop:
         assert self.rt is not None
         self._active.remove(seq)
         del self._by_id[seq.request.request_id]
-        if keep_kv and self._prefix_cache and reason != "cancelled" and seq.n_past > 0:
+        # A cancelled sequence's KV is kept too: the solve loop cancels a stream once it has
+        # written a code block, and resumes it after the cell with the same text in front.
+        if keep_kv and self._prefix_cache and seq.n_past > 0:
             self._cached[seq.seq_id] = seq.tokens[: seq.n_past]
         else:
             self.rt.truncate(seq.seq_id, 0)
