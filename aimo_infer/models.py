@@ -236,6 +236,7 @@ def _prepare_converted(model_dir: Path, source: Path, weights: str, step: Step) 
             f"writing the {weights} GGUF needs llama-cpp-python; run `pip install 'aimo-infer[cpu]'`"
             " (or use the packaged weights)"
         )
+    from aimo_infer.backends.cpu_share import usable_cores
     from aimo_infer.backends.llamacpp_runtime import convert_gguf
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{weights}.", suffix=".gguf", dir=model_dir)
@@ -243,7 +244,7 @@ def _prepare_converted(model_dir: Path, source: Path, weights: str, step: Step) 
     tmp = Path(tmp_name)
     try:
         with step(f"writing the weights as {weights} for faster batched decoding"):
-            convert_gguf(source, tmp, weights, n_threads=os.cpu_count() or 1)
+            convert_gguf(source, tmp, weights, n_threads=usable_cores())
         tmp.chmod(0o644)
         entry = {"file": converted_filename(weights), "size": tmp.stat().st_size}
         os.replace(tmp, model_dir / entry["file"])

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from aimo_infer.backends import cpu_share
 from aimo_infer.backends.cpu_share import (
     GIVE_UP_AT,
     TAKE_BACK_BELOW,
     ThreadGovernor,
+    cgroup_cpu_limit,
     read_own_cpu,
     read_proc_stat,
     threads_for,
+    usable_cores,
 )
 
 linux_only = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux /proc/stat")
@@ -136,3 +139,41 @@ def test_real_counters_see_a_busy_process() -> None:
     others = ((busy1 - busy0) - (own1 - own0)) / (t1 - t0)
     assert others > GIVE_UP_AT  # the spinning child holds a whole core for the whole second
     assert own1 - own0 < 0.2  # this process slept
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_quota(tmp_path: Path) -> None:
+    write(tmp_path / "kaggle" / "cpu.max", "250000 100000\n")
+    assert cgroup_cpu_limit(tmp_path, "0::/kaggle\n") == 2.5
+    write(tmp_path / "kaggle" / "cpu.max", "max 100000\n")
+    assert cgroup_cpu_limit(tmp_path, "0::/kaggle\n") is None
+    write(tmp_path / "cpu.max", "400000 100000\n")  # a namespaced container sees its own root
+    assert cgroup_cpu_limit(tmp_path, "0::/elsewhere\n") == 4.0
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    lines = "12:pids:/\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/\n"
+    write(tmp_path / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us", "200000\n")
+    write(tmp_path / "cpu" / "docker" / "abc" / "cpu.cfs_period_us", "100000\n")
+    assert cgroup_cpu_limit(tmp_path, lines) == 2.0
+    write(tmp_path / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us", "-1\n")
+    assert cgroup_cpu_limit(tmp_path, lines) is None
+    assert cgroup_cpu_limit(tmp_path / "nothing", lines) is None
+
+
+def test_usable_cores_is_capped_by_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("Linux affinity masks")
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(cpu_share, "cgroup_cpu_limit", lambda: None)
+    assert usable_cores() == cores
+    monkeypatch.setattr(cpu_share, "cgroup_cpu_limit", lambda: 1.5)
+    assert usable_cores() == 1  # a thread per whole CPU of quota, at least one
+    monkeypatch.setattr(cpu_share, "cgroup_cpu_limit", lambda: 0.25)
+    assert usable_cores() == 1
+    monkeypatch.setattr(cpu_share, "cgroup_cpu_limit", lambda: cores + 8.0)
+    assert usable_cores() == cores

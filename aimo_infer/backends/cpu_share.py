@@ -15,6 +15,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 # Other processes' use of our cores (in cores) above which a thread is given up, and below which
 # one is taken back: the gap keeps short code cells from flipping the count at every window.
@@ -30,6 +31,59 @@ def threads_for(others: float, n_cores: int, max_threads: int, current: int) -> 
     if others < TAKE_BACK_BELOW:
         return max_threads
     return current
+
+
+def cgroup_cpu_limit(
+    root: Path = Path("/sys/fs/cgroup"), self_cgroup: str | None = None
+) -> float | None:
+    """CPUs this process's cgroup quota allows (cgroup v2 cpu.max or v1 CFS quota); None if none.
+
+    A container given 2 CPUs of quota on a 64-core host still sees 64 cores in its affinity mask;
+    spinning threads beyond the quota are throttled in bursts.
+    """
+    if self_cgroup is None:
+        try:
+            self_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    for line in self_cgroup.splitlines():
+        _id, controllers, group = line.split(":", 2)
+        group = group.lstrip("/")
+        if controllers == "":  # v2: "0::/path", quota and period in one file
+            found = _first_readable(root / group / "cpu.max", root / "cpu.max")
+            if found is not None:
+                quota, _, period = found.partition(" ")
+                if quota != "max":
+                    return int(quota) / int(period or "100000")
+        elif "cpu" in controllers.split(","):  # v1: quota (-1: none) and period, two files
+            for where in (root / "cpu" / group, root / "cpu", root / controllers / group):
+                quota = _first_readable(where / "cpu.cfs_quota_us")
+                if quota is not None:
+                    period = _first_readable(where / "cpu.cfs_period_us") or "100000"
+                    return int(quota) / int(period) if int(quota) > 0 else None
+    return None
+
+
+def _first_readable(*paths: Path) -> str | None:
+    for path in paths:
+        try:
+            return path.read_text().strip()
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def usable_cores() -> int:
+    """Cores this process may use: its affinity mask, capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    try:
+        limit = cgroup_cpu_limit()
+    except ValueError:  # a cgroup file in a shape we do not know: no cap
+        limit = None
+    return cores if limit is None else max(1, min(cores, int(limit)))
 
 
 def read_proc_stat(cores: frozenset[int], path: str = "/proc/stat") -> float:

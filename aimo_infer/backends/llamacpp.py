@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
-import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from aimo_infer.backends.base import (
     GenerationRequest,
     StreamDelta,
 )
+from aimo_infer.backends.cpu_share import usable_cores
 from aimo_infer.config import EngineConfig
 from aimo_infer.models import DEFAULT_WEIGHTS, WEIGHTS
 
@@ -83,14 +83,6 @@ def parse_options(options: dict[str, Any]) -> LlamaCppOptions:
         if not ok:
             raise EngineError(f"llamacpp: bad value for option {key}: {value!r}")
     return LlamaCppOptions(**options)
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class LlamaCppEngine(Engine):
