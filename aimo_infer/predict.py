@@ -33,7 +33,7 @@ from aimo_infer.config import Config, ConfigError, EngineConfig, TIRConfig
 from aimo_infer.controller import Controller, ProblemResult
 from aimo_infer.gateway import ANSWER_LIMITS
 from aimo_infer.loop_thread import LoopThread, run_in_daemon_thread
-from aimo_infer.prompts import load_profile
+from aimo_infer.prompts import load_profile, prepare_template
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner
 
@@ -355,6 +355,7 @@ class Predictor:
             if self._needs_runner:
                 factory = self._runner_factory or _default_runner
                 runner = await run_in_daemon_thread(factory, self.config.solve.tir)
+            await run_in_daemon_thread(prepare_template, engine.info.tokenizer_path)
             return Controller(engine, runner, self.config, self.tracer)
         except BaseException:
             await self._close_parts(engine, runner)

@@ -62,6 +62,13 @@ def _load_tokenizer(path: str) -> object:
     return AutoTokenizer.from_pretrained(path)
 
 
+def prepare_template(tokenizer_path: str | None) -> None:
+    """Load the chat template now (transformers' import and the tokenizer take seconds), so the
+    first problem's clock does not pay for it."""
+    if tokenizer_path is not None:
+        _load_tokenizer(tokenizer_path)
+
+
 def plain_template(messages: list[dict[str, str]]) -> str:
     """ChatML text for engines without a tokenizer (the replay engine); documented, not a guess."""
     parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]

@@ -9,7 +9,7 @@ from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
 from aimo_infer.config import Config, TIRConfig
 from aimo_infer.controller import Controller
-from aimo_infer.prompts import load_profile
+from aimo_infer.prompts import load_profile, prepare_template
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner
 
@@ -35,6 +35,7 @@ async def harness(
         if engine is None:
             engine = create_engine(config.engine)
         runner = make_runner(config.solve.tir) if uses_code else None
+        prepare_template(engine.info.tokenizer_path)
         yield Controller(engine, runner, config, tracer)
     finally:
         if runner is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from aimo_infer import prompts
 from aimo_infer.backends.base import (
     Engine,
     EngineInfo,
@@ -41,7 +42,7 @@ class Chaos:
     """What the fakes share across engine restarts: faults to inject and what happened."""
 
     fail_loads: int = 0
-    info_fails: bool = False
+    template_fails: bool = False  # the next chat-template rendering raises
     sandbox_dead: bool = False
     block_s: float = 0.3
     loads: int = 0
@@ -59,10 +60,7 @@ class ChaosEngine(Engine):
 
     @property
     def info(self) -> EngineInfo:
-        if self.chaos.info_fails:
-            self.chaos.info_fails = False
-            raise ValueError("tokenizer: cannot encode the chat template")
-        return EngineInfo("chaos", "chaos", 1 << 16)
+        return EngineInfo("chaos", "chaos", 1 << 16, tokenizer_path="chaos-tokenizer")
 
     def num_running(self) -> int:
         return len(self._running)
@@ -170,9 +168,27 @@ def make_predictor(chaos: Chaos, cfg: Config, num_problems: int = 1000) -> Predi
                      num_problems=num_problems, ping_timeout_s=0.05)
 
 
+class ChaosTokenizer:
+    """The chat template, failing once when the chaos says so."""
+
+    def __init__(self, chaos: Chaos) -> None:
+        self.chaos = chaos
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **_: object) -> str:
+        if self.chaos.template_fails:
+            self.chaos.template_fails = False
+            raise ValueError("tokenizer: cannot encode the chat template")
+        return prompts.plain_template(messages)
+
+
+def with_chaos_tokenizer(chaos: Chaos, monkeypatch: pytest.MonkeyPatch) -> Chaos:
+    monkeypatch.setattr(prompts, "_load_tokenizer", lambda _path: ChaosTokenizer(chaos))
+    return chaos
+
+
 @pytest.fixture
-def chaos() -> Chaos:
-    return Chaos()
+def chaos(monkeypatch: pytest.MonkeyPatch) -> Chaos:
+    return with_chaos_tokenizer(Chaos(), monkeypatch)
 
 
 @pytest.fixture
@@ -186,7 +202,7 @@ def predictor(chaos: Chaos) -> Iterator[Predictor]:
 def call(p: Predictor, chaos: Chaos, mode: str, value: int, pid: str = "p") -> pl.DataFrame:
     """One gateway-style call (polars Series in), injecting the fault ``mode``."""
     if mode == "tokenizer":
-        chaos.info_fails = True
+        chaos.template_fails = True
     elif mode == "sandbox":
         chaos.sandbox_dead = True
     elif mode == "load_fail":
@@ -388,10 +404,10 @@ def test_calls_are_traced(tmp_path: Path, chaos: Chaos) -> None:
 
 # ----- the soak: many faults in a row ---------------------------------------------------------
 
-def soak(num_calls: int, seed: int) -> None:
+def soak(num_calls: int, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Random faults; every call must return a valid row for its id, before its deadline."""
     rng = random.Random(seed)
-    chaos = Chaos(block_s=0.2)
+    chaos = with_chaos_tokenizer(Chaos(block_s=0.2), monkeypatch)
     # 150 ms between the watchdog and the deadline: room for a busy 2-core machine's scheduling
     # (75 ms once let one call in 1,000 return late while the rest of the suite ran beside it).
     cfg = chaos_config(base_s=0.3)
@@ -426,10 +442,10 @@ def soak(num_calls: int, seed: int) -> None:
     assert threading.active_count() < 50  # restarts do not pile up threads
 
 
-def test_soak_120_faulty_calls() -> None:
-    soak(120, seed=1)
+def test_soak_120_faulty_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    soak(120, seed=1, monkeypatch=monkeypatch)
 
 
 @pytest.mark.slow
-def test_soak_1000_faulty_calls() -> None:
-    soak(1000, seed=2)
+def test_soak_1000_faulty_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    soak(1000, seed=2, monkeypatch=monkeypatch)

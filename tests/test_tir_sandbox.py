@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import pytest
+
+from aimo_infer import prompts
+from aimo_infer.backends.base import EngineInfo
 from aimo_infer.backends.replay import ReplayEngine
 from aimo_infer.config import Config
 from aimo_infer.controller import ProblemResult, stream_seed
@@ -43,3 +48,37 @@ def test_code_runs_in_the_real_sandbox_with_state_and_limits() -> None:
     assert "NameError" in second.code_calls[1].feedback
     assert "Traceback" not in second.text
     assert result.answer == 7
+
+
+def test_the_chat_template_loads_before_the_first_problem_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """transformers' import and the tokenizer take seconds: the harness pays them up front, not
+    the first problem's clock."""
+    loaded: list[str] = []
+
+    class Tokenizer:
+        def apply_chat_template(self, messages: list[dict[str, str]], **_: object) -> str:
+            return prompts.plain_template(messages)
+
+    def load(path: str) -> Tokenizer:
+        loaded.append(path)
+        return Tokenizer()
+
+    class TemplatedReplay(ReplayEngine):
+        @property
+        def info(self) -> EngineInfo:
+            return dataclasses.replace(super().info, tokenizer_path="model-dir")
+
+    monkeypatch.setattr(prompts, "_load_tokenizer", load)
+    cfg = Config()
+    cfg.solve.num_streams = 1
+    cfg.solve.prompt = "cot"
+
+    async def go() -> ProblemResult:
+        engine = TemplatedReplay({}, default=lambda _request: [" \\boxed{3}"])
+        async with harness(cfg, engine=engine) as controller:
+            assert loaded == ["model-dir"]  # before any problem
+            return await controller.solve("p", "What is 1+2?")
+
+    assert asyncio.run(go()).answer == 3
