@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import os
 
 import pytest
 
@@ -12,7 +14,8 @@ from aimo_infer.backends.base import EngineInfo
 from aimo_infer.backends.replay import ReplayEngine
 from aimo_infer.config import Config
 from aimo_infer.controller import ProblemResult, stream_seed
-from aimo_infer.runtime import harness
+from aimo_infer.runtime import harness, make_runner
+from sandbox import SandboxError, SandboxPool
 
 
 def test_code_runs_in_the_real_sandbox_with_state_and_limits() -> None:
@@ -82,3 +85,32 @@ def test_the_chat_template_loads_before_the_first_problem_starts(
             return await controller.solve("p", "What is 1+2?")
 
     assert asyncio.run(go()).answer == 3
+
+
+def test_the_sandbox_starts_before_the_first_code_cell() -> None:
+    """Its manager imports the warm modules (about 0.7 s of CPU) at set-up, not while the first
+    cell waits and the engine decodes."""
+    pool = make_runner(Config().solve.tir)
+    try:
+        assert isinstance(pool, SandboxPool) and pool.manager_pid is not None
+        os.kill(pool.manager_pid, 0)  # alive
+    finally:
+        pool.close_sync()
+
+
+def test_a_sandbox_that_cannot_start_is_reported_and_cells_fail_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: SandboxPool) -> None:
+        raise SandboxError("the sandbox manager failed to start")
+
+    monkeypatch.setattr(SandboxPool, "start_sync", broken)
+    with caplog.at_level(logging.WARNING):
+        pool = make_runner(Config().solve.tir)
+    assert "sandbox did not start" in caplog.text
+
+    async def open_one() -> None:
+        await pool.open_session()
+
+    with pytest.raises(SandboxError):
+        asyncio.run(open_one())
