@@ -140,10 +140,14 @@ class ThreadGovernor:
         """A governor when contention can be seen here and matters (see the class), else None."""
         try:
             cores = frozenset(os.sched_getaffinity(0))
-            governor = cls(max_threads, cores)
-        except (AttributeError, OSError, ValueError):
+        except AttributeError:  # not Linux
             return None
-        return governor if max_threads > 1 and len(cores) == max_threads else None
+        if max_threads < 2 or len(cores) != max_threads:
+            return None
+        try:
+            return cls(max_threads, cores)  # reads /proc/stat once
+        except (OSError, ValueError):
+            return None
 
     def update(self) -> int | None:
         """The new thread count when it should change now, else None (cheap within a window)."""
