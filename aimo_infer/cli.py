@@ -18,10 +18,10 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 # (and sets ``func``, which returns an exit code).
 PLUGIN_COMMANDS: dict[str, str] = {
     "models": "aimo_infer.models:add_models_parser",
-    "dryrun": "aimo_infer.dryrun:add_dryrun_parser",
-    "report": "aimo_infer.report:add_report_parser",
-    "simulate": "aimo_infer.simulate_cli:add_simulate_parser",
-    "bundle": "aimo_infer.bundle:add_bundle_parser",
+    "dryrun": "aimo_infer.evaluate.dryrun:add_dryrun_parser",
+    "report": "aimo_infer.evaluate.report:add_report_parser",
+    "simulate": "aimo_infer.evaluate.simulate_cli:add_simulate_parser",
+    "bundle": "aimo_infer.kaggle.bundle:add_bundle_parser",
 }
 
 
@@ -83,7 +83,7 @@ def _add_solve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    from aimo_infer.report_console import print_problem_result
+    from aimo_infer.evaluate.report_console import print_problem_result
     from aimo_infer.runtime import harness
     from aimo_infer.traces import TraceWriter
 

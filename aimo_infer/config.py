@@ -57,9 +57,9 @@ class SolveConfig:
 
     num_streams: int = 12
     run_seed: int = 0
-    prompt: str = "tir-fence"  # a profile in aimo_infer/prompt_profiles/
+    prompt: str = "tir-fence"  # a profile in aimo_infer/solve/prompt_profiles/
     profile: str = "aimo3"  # answer profile: aimo2 | aimo3 | free
-    stop_policy: str = "nemo"  # a preset from aimo_infer.policies.PRESETS
+    stop_policy: str = "nemo"  # a preset from aimo_infer.solve.policies.PRESETS
     stream_timeout_s: float | None = None  # per-stream deadline, on top of the problem's
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     tir: TIRConfig = field(default_factory=TIRConfig)
@@ -83,7 +83,7 @@ class SubmissionConfig:
 
     load: str = "background"  # eager (before serving) | background (first call waits) | first_call
     load_timeout_s: float = 1800.0  # the first call waits at most this long for the engine
-    fallback_answer: int = 0  # when no stream states an answer (see aimo_infer/predict.py)
+    fallback_answer: int = 0  # when no stream states an answer (see aimo_infer/kaggle/predict.py)
     wind_down_s: float = 10.0  # the solve deadline comes this long before the allotment ends
     return_margin_s: float = 2.0  # the watchdog answers this long before the allotment ends
     restart_timeout_s: float = 120.0  # closing a dead engine or sandbox waits at most this long

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
 from aimo_infer.config import Config, TIRConfig
-from aimo_infer.controller import Controller
-from aimo_infer.prompts import load_profile, prepare_template
+from aimo_infer.solve.controller import Controller
+from aimo_infer.solve.prompts import load_profile, prepare_template
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner
 

@@ -4,7 +4,7 @@ For each model in data/traces/ (AIME 2024 + 2025, 60 problems, 80+ samples each)
 simulated submissions are drawn: the problems in a shuffled order, 12 samples per problem,
 each arriving at length / tokens-per-second, the 350 s base + 210 s buffer budget (5 h / 50
 problems = 360 s per problem, scaled to 60) with the submission's 10 s wind-down. Every preset
-in ``aimo_infer.policies.PRESETS`` and a few nearby rules are scored on the SAME draws, through
+in ``aimo_infer.solve.policies.PRESETS`` and a few nearby rules are scored on the SAME draws, through
 the simulator (the controller's policy objects, vote and ``TimeBudget``). The baseline,
 measured in the same run, is ``all`` (wait for every stream; only the deadline stops).
 
@@ -27,15 +27,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aimo_infer.config import BudgetConfig, SolveConfig, SubmissionConfig
-from aimo_infer.policies import PRESETS, parse_policy
-from aimo_infer.run_budget import scaled_budget
-from aimo_infer.sample_traces import (
+from aimo_infer.evaluate.run_budget import scaled_budget
+from aimo_infer.evaluate.sample_traces import (
     SampledProblem,
     draw_run,
     group_by_model,
     load_sampled_problems,
 )
-from aimo_infer.simulate import simulate_run
+from aimo_infer.evaluate.simulate import simulate_run
+from aimo_infer.solve.policies import PRESETS, parse_policy
 
 NEARBY = ("agree=3of4", "agree=5of6", "agree=3", "agree=5", "agree=4of5,quorum=8",
           "agree=4of5,quorum=11", "agree=4,quorum=10", "quorum=8")

@@ -16,7 +16,7 @@ import time
 from aimo_infer.backends.base import GenerationRequest
 from aimo_infer.backends.replay import ReplayEngine, ReplaySegment
 from aimo_infer.config import Config
-from aimo_infer.controller import Controller, stream_seed
+from aimo_infer.solve.controller import Controller, stream_seed
 from sandbox.api import ExecResult
 
 PROBLEM_ID = "bench"

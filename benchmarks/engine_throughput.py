@@ -28,7 +28,7 @@ from typing import Any
 from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine, EngineError, GenerationRequest
 from aimo_infer.config import Config, EngineConfig
-from aimo_infer.prompts import load_profile, render_prompt
+from aimo_infer.solve.prompts import load_profile, render_prompt
 
 PROBLEM_ID = "bench"
 PROBLEM = (
@@ -50,9 +50,9 @@ class Workload:
     config: Config = field(default_factory=Config)
 
     def seeds(self) -> list[int]:
-        if importlib.util.find_spec("aimo_infer.controller") is None:
+        if importlib.util.find_spec("aimo_infer.solve.controller") is None:
             return list(range(self.streams))
-        from aimo_infer.controller import stream_seed
+        from aimo_infer.solve.controller import stream_seed
 
         return [stream_seed(self.config.solve.run_seed, PROBLEM_ID, i) for i in range(self.streams)]
 
@@ -92,11 +92,11 @@ async def raw_tok_per_s(engine: Engine, requests: list[GenerationRequest]) -> fl
 async def solve_loop_tok_per_s(engine: Engine, workload: Workload) -> float | None:
     """Tokens per wall-clock second through the solve loop on the same workload.
 
-    None when the solve loop (``aimo_infer.controller``) is not available in this checkout.
+    None when the solve loop (``aimo_infer.solve.controller``) is not available in this checkout.
     """
-    if importlib.util.find_spec("aimo_infer.controller") is None:
+    if importlib.util.find_spec("aimo_infer.solve.controller") is None:
         return None
-    from aimo_infer.controller import Controller
+    from aimo_infer.solve.controller import Controller
 
     cfg = workload.config
     cfg.solve.prompt = PROFILE

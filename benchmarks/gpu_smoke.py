@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from aimo_infer.backends import create_engine
-from aimo_infer.backends.base import Engine, EngineError, GenerationRequest, StreamDelta
+from aimo_infer.backends.base import Engine, EngineError, GenerationRequest, StreamDelta, find_stop
 from aimo_infer.config import EngineConfig
-from aimo_infer.prompts import plain_template, render_prompt
-from aimo_infer.tir import find_stop
+from aimo_infer.solve.prompts import plain_template, render_prompt
 
 PROBLEMS = (
     "What is the remainder when 2^100 is divided by 7?",

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from aimo_infer.datasets import read_jsonl
-from aimo_infer.prompts import load_profile, plain_template, render_prompt
+from aimo_infer.evaluate.datasets import read_jsonl
+from aimo_infer.solve.prompts import load_profile, plain_template, render_prompt
 
 CALIBRATION_FILE = "train.jsonl"
 

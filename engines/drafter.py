@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aimo_infer.datasets import load_dataset
+from aimo_infer.evaluate.datasets import load_dataset
 from engines.plan import shell_command
 
 NEMO_FILE = "train.jsonl"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from aimo_infer.backends.replay import ReplayEngine, ReplaySegment
 from aimo_infer.config import Config
-from aimo_infer.controller import stream_seed
-from aimo_infer.datasets import Problem
-from aimo_infer.dryrun import run_problems
-from aimo_infer.run_budget import scaled_budget
-from aimo_infer.runs import ProblemRecord, StreamRecord, read_results
+from aimo_infer.evaluate.datasets import Problem
+from aimo_infer.evaluate.dryrun import run_problems
+from aimo_infer.evaluate.run_budget import scaled_budget
+from aimo_infer.evaluate.runs import ProblemRecord, StreamRecord, read_results
+from aimo_infer.solve.controller import stream_seed
 
 TOKENS_APART = 24  # streams end this many engine steps apart: the controller sees each alone
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aimo_infer.answer import PROFILES, extract_answer, extract_boxed, parse_integer
+from aimo_infer.solve.answer import PROFILES, extract_answer, extract_boxed, parse_integer
 
 # (text, expected answer under the aimo3 profile)
 AIMO3_CASES = [

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aimo_infer.budget import TimeBudget
 from aimo_infer.config import BudgetConfig, ConfigError
+from aimo_infer.kaggle.budget import TimeBudget
 
 KAGGLE = BudgetConfig()  # 350 s base, 210 s cap, 5 h, 600 s margin, 30 s minimum, 50 problems
 

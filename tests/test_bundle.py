@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from aimo_infer.bundle import BundleOptions, plan_bundle, project_root, project_version
 from aimo_infer.cli import main
 from aimo_infer.config import ConfigError
+from aimo_infer.kaggle.bundle import BundleOptions, plan_bundle, project_root, project_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_a_real_bundle_of_the_project_wheel(tmp_path: Path) -> None:
     assert code == 0
     wheel = out / "wheels" / "aimo_infer-0.1.0-py3-none-any.whl"
     names = zipfile.ZipFile(wheel).namelist()
-    assert "aimo_infer/predict.py" in names and "aimo_infer/data/aimo-reference.jsonl" in names
+    assert "aimo_infer/kaggle/predict.py" in names and "aimo_infer/data/aimo-reference.jsonl" in names
     manifest = json.loads((out / "bundle-manifest.json").read_text())
     assert manifest["profile"] == "cpu" and manifest["version"] == "0.1.0"
     [entry] = manifest["wheels"]

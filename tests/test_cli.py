@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aimo_infer.cli import main
-from aimo_infer.controller import stream_seed
+from aimo_infer.solve.controller import stream_seed
 
 
 def write_trace(path: Path, answers: list[int]) -> None:

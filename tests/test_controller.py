@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aimo_infer.backends.replay import ReplayEngine, ReplaySegment
 from aimo_infer.config import Config, EngineConfig
-from aimo_infer.controller import Controller, ProblemResult, stream_seed
+from aimo_infer.solve.controller import Controller, ProblemResult, stream_seed
 from aimo_infer.traces import TraceWriter, read_trace
 from sandbox.api import ExecResult
 from tests.fakes import ScriptedRunner

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aimo_infer.datasets import DatasetError, load_dataset, select, suggested_profile
+from aimo_infer.evaluate.datasets import DatasetError, load_dataset, select, suggested_profile
 from tests.dryrun_fixtures import synthetic_problems, write_jsonl
 
 

@@ -77,7 +77,7 @@ def test_samples_keep_solutions_and_drop_empty_or_failed() -> None:
 
 
 def test_solve_loop_streams_with_end_are_read_too() -> None:
-    from aimo_infer.stream import Stream
+    from aimo_infer.solve.stream import Stream
 
     stream = Stream(index=0, seed=7, text="so \\boxed{3}", end="cancelled", answer=3)
     (sample,) = samples_from_streams("p", MESSAGES, [stream])
@@ -154,7 +154,7 @@ class NoCodeRunner:
 
 
 def test_generate_runs_the_harness_and_writes_every_stream(tmp_path: Path) -> None:
-    from aimo_infer.controller import Controller
+    from aimo_infer.solve.controller import Controller
 
     config = Config()
     config.solve.num_streams = 3

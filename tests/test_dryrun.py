@@ -12,11 +12,11 @@ import pytest
 from aimo_infer.backends.replay import ReplayEngine
 from aimo_infer.cli import build_parser, main
 from aimo_infer.config import BudgetConfig
-from aimo_infer.controller import stream_seed
-from aimo_infer.datasets import Problem
-from aimo_infer.dryrun import prepare, run_problems, serving_order
-from aimo_infer.run_budget import scaled_budget, solve_window
-from aimo_infer.runs import read_results
+from aimo_infer.evaluate.datasets import Problem
+from aimo_infer.evaluate.dryrun import prepare, run_problems, serving_order
+from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
+from aimo_infer.evaluate.runs import read_results
+from aimo_infer.solve.controller import stream_seed
 from aimo_infer.traces import read_trace
 from tests.dryrun_fixtures import (
     cot_config,

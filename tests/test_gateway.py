@@ -13,14 +13,14 @@ import pytest
 from aimo_infer.backends.base import GenerationRequest
 from aimo_infer.backends.replay import ReplayEngine
 from aimo_infer.config import Config, ConfigError, load_config
-from aimo_infer.gateway import (
+from aimo_infer.kaggle.gateway import (
     GatewayError,
     check_row,
     read_problems,
     run_gateway,
     shuffled,
 )
-from aimo_infer.predict import Predictor
+from aimo_infer.kaggle.predict import Predictor
 
 DATA = Path(__file__).resolve().parents[1] / "aimo_infer" / "data"
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from aimo_infer.grade import GradeResult, SymbolicWorker, grade, is_equivalent, is_prose, too_costly
+from aimo_infer.evaluate.grade import (
+    GradeResult,
+    SymbolicWorker,
+    grade,
+    is_equivalent,
+    is_prose,
+    too_costly,
+)
 
 # Verdict tests must not depend on machine load (CI shares 2 cores): ample time per check.
 SLACK_S = 30.0

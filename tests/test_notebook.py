@@ -12,7 +12,7 @@ import nbformat
 import polars as pl
 import pytest
 
-from aimo_infer.gateway import read_problems
+from aimo_infer.kaggle.gateway import read_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "aimo-submission.ipynb"

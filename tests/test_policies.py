@@ -1,6 +1,6 @@
 import pytest
 
-from aimo_infer.policies import PRESETS, Agreement, AnyOf, Quorum, parse_policy
+from aimo_infer.solve.policies import PRESETS, Agreement, AnyOf, Quorum, parse_policy
 
 
 def test_agreement_fires_at_k() -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from aimo_infer import prompts
 from aimo_infer.backends.base import (
     Engine,
     EngineInfo,
@@ -24,13 +23,14 @@ from aimo_infer.backends.base import (
     StreamDelta,
 )
 from aimo_infer.config import Config, ConfigError, EngineConfig, TIRConfig
-from aimo_infer.predict import (
+from aimo_infer.kaggle.predict import (
     ANSWER_LIMITS,
     Predictor,
     answer_row,
     first_value,
     submission_answer,
 )
+from aimo_infer.solve import prompts
 from aimo_infer.traces import read_trace
 from sandbox.api import ExecResult
 

@@ -8,8 +8,8 @@ import importlib.util
 import pytest
 
 from aimo_infer.config import Config
-from aimo_infer.controller import ProblemResult
 from aimo_infer.runtime import harness
+from aimo_infer.solve.controller import ProblemResult
 
 pytestmark = [
     pytest.mark.slow,

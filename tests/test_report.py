@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from aimo_infer.cli import main
-from aimo_infer.report import (
+from aimo_infer.evaluate.report import (
     build_report,
     early_stop_section,
     problem_scores,
     source_table,
     write_report,
 )
-from aimo_infer.runs import append_result
+from aimo_infer.evaluate.runs import append_result
 from tests.dryrun_fixtures import cot_config, record, record_run, stream, synthetic_problems
 
 

@@ -14,10 +14,9 @@ from hypothesis import strategies as st
 
 from aimo_infer.cli import main
 from aimo_infer.config import BudgetConfig
-from aimo_infer.policies import PRESETS, parse_policy
-from aimo_infer.run_budget import scaled_budget
-from aimo_infer.sample_traces import draw_problem, group_by_model, load_sampled_problems
-from aimo_infer.simulate import (
+from aimo_infer.evaluate.run_budget import scaled_budget
+from aimo_infer.evaluate.sample_traces import draw_problem, group_by_model, load_sampled_problems
+from aimo_infer.evaluate.simulate import (
     LengthModel,
     SimProblem,
     SimStream,
@@ -25,7 +24,8 @@ from aimo_infer.simulate import (
     simulate_problem,
     simulate_run,
 )
-from aimo_infer.simulate_cli import rescore_records, sample_sweep, sweep_policies
+from aimo_infer.evaluate.simulate_cli import rescore_records, sample_sweep, sweep_policies
+from aimo_infer.solve.policies import PRESETS, parse_policy
 from tests.dryrun_fixtures import record, record_run, stream, synthetic_problems
 
 WAIT_ALL = parse_policy("all")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from aimo_infer.backends.base import FINISH_REASONS, EngineUnavailable
+from aimo_infer.backends.base import FINISH_REASONS, EngineUnavailable, find_stop
 from aimo_infer.backends.streaming import (
     StopMatcher,
     clamp_max_tokens,
@@ -18,7 +18,6 @@ from aimo_infer.backends.streaming import (
     map_finish_reason,
 )
 from aimo_infer.manifest import EngineManifest
-from aimo_infer.tir import find_stop
 
 
 def feed_all(stops: tuple[str, ...], deltas: list[str]) -> tuple[str, str | None]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from aimo_infer.controller import stream_seed
-from aimo_infer.gateway import read_problems
-from aimo_infer.serve import main
+from aimo_infer.kaggle.gateway import read_problems
+from aimo_infer.kaggle.serve import main
+from aimo_infer.solve.controller import stream_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "aimo_infer" / "data" / "aimo-reference.jsonl"
@@ -149,7 +149,7 @@ def test_startup_is_counted_from_the_notebook_or_the_entry_point(
 ) -> None:
     import time
 
-    from aimo_infer.serve import STARTED_AT_ENV, elapsed_before_s
+    from aimo_infer.kaggle.serve import STARTED_AT_ENV, elapsed_before_s
 
     monkeypatch.delenv(STARTED_AT_ENV, raising=False)
     # Not the process start: a long-lived caller (this test process) must not count.

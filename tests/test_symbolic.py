@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aimo_infer.symbolic import expand_plus_minus, judge, lists_equivalent, split_top_level
+from aimo_infer.evaluate.symbolic import expand_plus_minus, judge, lists_equivalent, split_top_level
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 import pytest
 
-from aimo_infer.tir import (
+from aimo_infer.solve.tir import (
     FENCE,
     TOOL_CALL,
     CodeBlockWatcher,

@@ -9,12 +9,12 @@ import os
 
 import pytest
 
-from aimo_infer import prompts
 from aimo_infer.backends.base import EngineInfo
 from aimo_infer.backends.replay import ReplayEngine
 from aimo_infer.config import Config
-from aimo_infer.controller import ProblemResult, stream_seed
 from aimo_infer.runtime import harness, make_runner
+from aimo_infer.solve import prompts
+from aimo_infer.solve.controller import ProblemResult, stream_seed
 from sandbox import SandboxError, SandboxPool
 
 

@@ -1,4 +1,4 @@
-from aimo_infer.vote import majority_vote
+from aimo_infer.solve.vote import majority_vote
 
 
 def test_majority_picks_most_common() -> None:

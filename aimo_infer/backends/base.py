@@ -20,6 +20,17 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 FINISH_REASONS: tuple[FinishReason, ...] = ("stop", "length", "cancelled", "error")
 
 
+def find_stop(text: str, stops: tuple[str, ...], start: int = 0) -> int:
+    """The protocol's stop-string rule: the index just past the earliest stop string at or after
+    ``start``, or -1 when there is none."""
+    best = -1
+    for stop in stops:
+        at = text.find(stop, start)
+        if at >= 0 and (best < 0 or at + len(stop) < best):
+            best = at + len(stop)
+    return best
+
+
 class EngineError(RuntimeError):
     """An engine failed in a way the caller should report (not a bug in the harness)."""
 

@@ -26,10 +26,10 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
+    find_stop,
 )
 from aimo_infer.backends.hf_rows import IncrementalDecoder, sample_rows
 from aimo_infer.config import EngineConfig
-from aimo_infer.tir import find_stop
 
 _SEED_MASK = (1 << 63) - 1
 

@@ -38,9 +38,9 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
+    find_stop,
 )
 from aimo_infer.config import EngineConfig
-from aimo_infer.tir import find_stop
 
 
 @dataclass(frozen=True)

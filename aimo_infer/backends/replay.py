@@ -19,9 +19,9 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
+    find_stop,
 )
 from aimo_infer.config import EngineConfig
-from aimo_infer.tir import find_stop
 
 _TOKEN = re.compile(r"\s*[A-Za-z]+|\s*\d|\s*[^\sA-Za-z\d]|\s+")
 

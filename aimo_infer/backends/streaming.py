@@ -23,9 +23,9 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
+    find_stop,
 )
 from aimo_infer.manifest import EngineManifest
-from aimo_infer.tir import find_stop
 
 log = logging.getLogger(__name__)
 

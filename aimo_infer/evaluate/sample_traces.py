@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aimo_infer.answer import AIMO3_MAX, parse_integer
-from aimo_infer.runs import RESULTS
-from aimo_infer.simulate import SimProblem, SimStream
+from aimo_infer.evaluate.runs import RESULTS
+from aimo_infer.evaluate.simulate import SimProblem, SimStream
+from aimo_infer.solve.answer import AIMO3_MAX, parse_integer
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from aimo_infer.vote import Answer
+from aimo_infer.solve.vote import Answer
 
 
 class StopPolicy(Protocol):

@@ -162,7 +162,7 @@ def write_submission(rows: list[pl.DataFrame], path: Path) -> pl.DataFrame:
 
 def score(submission: pl.DataFrame, problems: pl.DataFrame) -> tuple[int, int]:
     """(correct, scored) against the reference answers (exact integers; symbolic otherwise)."""
-    from aimo_infer.grade import grade
+    from aimo_infer.evaluate.grade import grade
 
     reference = dict(zip(problems["id"].cast(pl.String), problems["answer"], strict=True))
     correct = scored = 0

@@ -108,16 +108,6 @@ class CodeBlockWatcher:
         return block
 
 
-def find_stop(text: str, stops: tuple[str, ...], start: int = 0) -> int:
-    """Index just past the earliest stop string found at or after ``start``; -1 if none."""
-    best = -1
-    for stop in stops:
-        at = text.find(stop, start)
-        if at >= 0 and (best < 0 or at + len(stop) < best):
-            best = at + len(stop)
-    return best
-
-
 _TRACEBACK_FRAME = re.compile(r'^\s*File "[^"]*", line \d+.*$\n?(?:^ {4,}.*$\n?)*', re.MULTILINE)
 
 

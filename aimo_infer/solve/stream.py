@@ -6,7 +6,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from aimo_infer.vote import Answer
+from aimo_infer.solve.vote import Answer
 
 StreamEnd = Literal["stop", "length", "cancelled", "deadline", "code_limit", "error"]
 """stop: the model ended; length: token limit; cancelled: an early-stop policy fired; deadline:

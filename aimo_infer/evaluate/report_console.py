@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from aimo_infer.controller import ProblemResult
+from aimo_infer.solve.controller import ProblemResult
 
 
 def print_problem_result(result: ProblemResult, show_text: bool = False,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from aimo_infer.answer import normalize_expression, parse_integer
+from aimo_infer.solve.answer import normalize_expression, parse_integer
 
 Method = Literal["exact-int", "symbolic", "string", "none"]
 
@@ -100,7 +100,7 @@ class WorkerUnavailable(RuntimeError):
 
 
 class SymbolicWorker:
-    """A child process running ``aimo_infer.symbolic``; killed and restarted on overrun."""
+    """A child process running ``aimo_infer.evaluate.symbolic``; killed and restarted on overrun."""
 
     def __init__(self, start_timeout_s: float = WORKER_START_TIMEOUT_S) -> None:
         self._start_timeout_s = start_timeout_s
@@ -137,12 +137,12 @@ class SymbolicWorker:
     def _ensure_started(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         self._buffer = b""
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "aimo_infer.symbolic"],
+            [sys.executable, "-m", "aimo_infer.evaluate.symbolic"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -27,13 +27,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aimo_infer.backends.base import Engine
-from aimo_infer.budget import Allotment, TimeBudget
 from aimo_infer.config import Config, ConfigError
-from aimo_infer.controller import Controller, ProblemResult
-from aimo_infer.datasets import Problem, load_dataset, select
-from aimo_infer.grade import grade
-from aimo_infer.run_budget import scaled_budget, solve_window
-from aimo_infer.runs import (
+from aimo_infer.evaluate.datasets import Problem, load_dataset, select
+from aimo_infer.evaluate.grade import grade
+from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
+from aimo_infer.evaluate.runs import (
     CONFIG,
     RESULTS,
     TRACES,
@@ -44,8 +42,10 @@ from aimo_infer.runs import (
     read_results,
     repair_results,
 )
+from aimo_infer.kaggle.budget import Allotment, TimeBudget
+from aimo_infer.solve.controller import Controller, ProblemResult
+from aimo_infer.solve.vote import Answer
 from aimo_infer.traces import TraceWriter
-from aimo_infer.vote import Answer
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -127,7 +127,7 @@ def submitted_answer(answer: Answer | None, profile: str, fallback: int) -> Answ
     """What the submission would return: aimo profiles give a valid int (fallback when none)."""
     if profile == "free":
         return answer
-    from aimo_infer.predict import submission_answer
+    from aimo_infer.kaggle.predict import submission_answer
 
     return submission_answer(answer, profile, fallback)
 
@@ -288,7 +288,7 @@ def _split(value: str | None) -> list[str] | None:
 def prepare(args: argparse.Namespace) -> tuple[Config, list[Problem], Path, dict[str, Any]]:
     """Everything checked before anything runs: config, dataset, subset, output directory."""
     from aimo_infer.cli import config_from_args
-    from aimo_infer.policies import parse_policy
+    from aimo_infer.solve.policies import parse_policy
 
     config = config_from_args(args)
     dataset = load_dataset(args.dataset)
@@ -328,7 +328,7 @@ def cmd_dryrun(args: argparse.Namespace) -> int:
         display = ProgressDisplay(len(order), done, enabled=not args.quiet)
         asyncio.run(run_problems(config, order, run_dir, display))
     if not args.no_report:
-        from aimo_infer.report import write_report
+        from aimo_infer.evaluate.report import write_report
 
         report = write_report(run_dir)
         console.print(f"report: {run_dir / 'report.md'} (accuracy "

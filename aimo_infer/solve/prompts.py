@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 
-from aimo_infer.tir import TOOL_FORMATS, ToolFormat
+from aimo_infer.solve.tir import TOOL_FORMATS, ToolFormat
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,7 +36,7 @@ def available_profiles() -> list[str]:
     """Names of the bundled prompt profiles."""
     return sorted(
         p.name.removesuffix(".toml")
-        for p in resources.files("aimo_infer.prompt_profiles").iterdir()
+        for p in resources.files("aimo_infer.solve.prompt_profiles").iterdir()
         if p.name.endswith(".toml")
     )
 
@@ -44,7 +44,7 @@ def available_profiles() -> list[str]:
 @functools.cache
 def load_profile(name: str) -> PromptProfile:
     """Load a bundled profile by name; an unknown name lists the known ones."""
-    path = resources.files("aimo_infer.prompt_profiles").joinpath(f"{name}.toml")
+    path = resources.files("aimo_infer.solve.prompt_profiles").joinpath(f"{name}.toml")
     if not path.is_file():
         raise ValueError(f"unknown prompt profile {name!r}; known: {', '.join(available_profiles())}")
     data = tomllib.loads(path.read_text(encoding="utf-8"))

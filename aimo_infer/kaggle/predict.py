@@ -28,12 +28,12 @@ import polars as pl
 
 from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
-from aimo_infer.budget import Allotment, TimeBudget
 from aimo_infer.config import Config, ConfigError, EngineConfig, TIRConfig
-from aimo_infer.controller import Controller, ProblemResult
-from aimo_infer.gateway import ANSWER_LIMITS
+from aimo_infer.kaggle.budget import Allotment, TimeBudget
+from aimo_infer.kaggle.gateway import ANSWER_LIMITS
 from aimo_infer.loop_thread import LoopThread, run_in_daemon_thread
-from aimo_infer.prompts import load_profile, prepare_template
+from aimo_infer.solve.controller import Controller, ProblemResult
+from aimo_infer.solve.prompts import load_profile, prepare_template
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner
 

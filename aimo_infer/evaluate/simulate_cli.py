@@ -2,7 +2,7 @@
 
 Scores of simulated settings (expected number right, time, tokens) beside the recorded run,
 over one run (a dry-run directory) or many drawn runs (per-sample traces); the simulation
-itself is ``aimo_infer.simulate``.
+itself is ``aimo_infer.evaluate.simulate``.
 """
 
 from __future__ import annotations
@@ -17,23 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aimo_infer.config import BudgetConfig, SubmissionConfig
-from aimo_infer.policies import PRESETS, parse_policy
-from aimo_infer.run_budget import scaled_budget
-from aimo_infer.runs import ProblemRecord, read_results, read_run_config
-from aimo_infer.sample_traces import (
+from aimo_infer.evaluate.run_budget import scaled_budget
+from aimo_infer.evaluate.runs import ProblemRecord, read_results, read_run_config
+from aimo_infer.evaluate.sample_traces import (
     SampledProblem,
     draw_run,
     group_by_model,
     is_sample_trace,
     load_sampled_problems,
 )
-from aimo_infer.simulate import (
+from aimo_infer.evaluate.simulate import (
     LengthModel,
     RunOutcome,
     SimOutcome,
     problem_from_record,
     simulate_run,
 )
+from aimo_infer.solve.policies import PRESETS, parse_policy
 
 # Rules near the presets, for sweeps: looser and tighter agreement, earlier and later quorum.
 NEARBY_RULES: tuple[str, ...] = (

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aimo_infer.runs import ProblemRecord
+from aimo_infer.evaluate.runs import ProblemRecord
 
 COLORS = {True: "#2e7d32", False: "#c62828", None: "#757575"}
 

@@ -26,12 +26,12 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aimo_infer.budget import TimeBudget
 from aimo_infer.config import BudgetConfig
-from aimo_infer.policies import StopPolicy
-from aimo_infer.run_budget import solve_window
-from aimo_infer.runs import ProblemRecord, StreamRecord
-from aimo_infer.vote import Answer, VoteResult, majority_vote
+from aimo_infer.evaluate.run_budget import solve_window
+from aimo_infer.evaluate.runs import ProblemRecord, StreamRecord
+from aimo_infer.kaggle.budget import TimeBudget
+from aimo_infer.solve.policies import StopPolicy
+from aimo_infer.solve.vote import Answer, VoteResult, majority_vote
 
 
 @dataclass(frozen=True)

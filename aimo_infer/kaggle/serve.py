@@ -21,7 +21,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"
 STARTED_AT_ENV = "AIMO_RUN_STARTED_AT"  # epoch seconds when the notebook started (set by it)
 
-log = logging.getLogger("aimo_infer.serve")
+log = logging.getLogger("aimo_infer.kaggle.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +93,7 @@ def elapsed_before_s(entered_at: float) -> float:
 
 
 def problem_file(args: argparse.Namespace, profile: str) -> Path:
-    from aimo_infer.gateway import COMPETITION_DIRS
+    from aimo_infer.kaggle.gateway import COMPETITION_DIRS
 
     if args.csv:
         return Path(args.csv)
@@ -107,7 +107,7 @@ def as_csv(path: Path, workdir: Path) -> Path:
     """Kaggle's gateway reads CSV only: a JSONL file is converted first."""
     if path.suffix == ".csv":
         return path
-    from aimo_infer.gateway import read_problems
+    from aimo_infer.kaggle.gateway import read_problems
 
     target = workdir / "problems.csv"
     read_problems(path).write_csv(target)
@@ -115,9 +115,9 @@ def as_csv(path: Path, workdir: Path) -> Path:
 
 
 def serve(args: argparse.Namespace, entered_at: float | None = None) -> int:
-    from aimo_infer.gateway import kaggle_evaluation_available, kaggle_server, read_problems
-    from aimo_infer.gateway import run_gateway as run_local
-    from aimo_infer.predict import Predictor
+    from aimo_infer.kaggle.gateway import kaggle_evaluation_available, kaggle_server, read_problems
+    from aimo_infer.kaggle.gateway import run_gateway as run_local
+    from aimo_infer.kaggle.predict import Predictor
 
     cfg = load_submission_config(args)
     profile = cfg.solve.profile
@@ -166,7 +166,7 @@ def serve(args: argparse.Namespace, entered_at: float | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from aimo_infer.backends.base import EngineError
-    from aimo_infer.gateway import GatewayError
+    from aimo_infer.kaggle.gateway import GatewayError
 
     entered_at = time.time()
     args = build_parser().parse_args(argv)

@@ -22,16 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aimo_infer.policies import AnyOf
-from aimo_infer.runs import (
+from aimo_infer.evaluate.runs import (
     REPORT_JSON,
     REPORT_MD,
     ProblemRecord,
     read_results,
     read_run_config,
 )
-from aimo_infer.simulate import LengthModel, problem_from_record, simulate_problem
-from aimo_infer.vote import majority_vote
+from aimo_infer.evaluate.simulate import LengthModel, problem_from_record, simulate_problem
+from aimo_infer.solve.policies import AnyOf
+from aimo_infer.solve.vote import majority_vote
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -285,7 +285,7 @@ def _cell(value: object) -> str:
 
 def write_report(run_dir: str | Path) -> dict[str, Any]:
     """Write report.json, the plots and report.md into ``run_dir``; returns the report."""
-    from aimo_infer.plots import write_plots
+    from aimo_infer.evaluate.plots import write_plots
 
     run_dir = Path(run_dir)
     report = build_report(run_dir)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 # name -> (file in aimo_infer/data, the answer profile that grades its answers faithfully)
 BUNDLED: dict[str, tuple[str, str]] = {

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aimo_infer.vote import Answer
+from aimo_infer.solve.vote import Answer
 
 TRACES = "traces.jsonl"
 RESULTS = "results.jsonl"

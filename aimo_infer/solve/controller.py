@@ -13,20 +13,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aimo_infer.answer import extract_answer
 from aimo_infer.backends.base import Engine, GenerationRequest
 from aimo_infer.config import Config
-from aimo_infer.policies import StopPolicy, parse_policy
-from aimo_infer.prompts import load_profile, render_prompt
-from aimo_infer.stream import CodeCall, Stream, StreamStatus
-from aimo_infer.tir import (
+from aimo_infer.solve.answer import extract_answer
+from aimo_infer.solve.policies import StopPolicy, parse_policy
+from aimo_infer.solve.prompts import load_profile, render_prompt
+from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
+from aimo_infer.solve.tir import (
     CodeBlockWatcher,
     code_limit_reached,
     execution_feedback,
     format_output,
 )
+from aimo_infer.solve.vote import Answer, VoteResult, majority_vote
 from aimo_infer.traces import TraceWriter
-from aimo_infer.vote import Answer, VoteResult, majority_vote
 from sandbox.api import CodeRunner, Session
 
 log = logging.getLogger(__name__)

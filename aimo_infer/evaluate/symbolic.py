@@ -1,6 +1,6 @@
 """Symbolic equivalence of two answer expressions with math-verify, plus the worker loop.
 
-Run in a child process (``python -m aimo_infer.symbolic``) by ``aimo_infer.grade``, which kills
+Run in a child process (``python -m aimo_infer.evaluate.symbolic``) by ``aimo_infer.evaluate.grade``, which kills
 it when a check overruns: sympy can spend minutes inside one C call on ``10^{10^{9}}``, where
 no signal-based timeout reaches it. Comma lists are split here, since math-verify reads
 ``98,118,122,142`` as one number and ``6,6,6,5`` as the set ``{5, 6}``.
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from aimo_infer.answer import normalize_expression, parse_integer
+from aimo_infer.solve.answer import normalize_expression, parse_integer
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _ELLIPSES = ("\\ldots", "\\cdots", "\\dots", "...")

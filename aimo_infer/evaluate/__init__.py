@@ -1,0 +1,1 @@
+"""Evaluate locally: dry runs, grading, reports, and the policy simulator."""

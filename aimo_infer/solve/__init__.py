@@ -1,0 +1,1 @@
+"""Solve one problem: prompt, seeded streams, code cells, answers, votes and early stops."""
