@@ -97,4 +97,4 @@ def test_a_real_bundle_of_the_project_wheel(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                     "--target", str(target), str(wheel)], check=True, capture_output=True)
-    assert (target / "aimo_infer" / "predict.py").is_file()
+    assert (target / "aimo_infer" / "kaggle" / "predict.py").is_file()
