@@ -305,13 +305,34 @@ def test_gpu_smoke_script_passes_against_the_standin(tmp_path: Path, hf_dir: Pat
     script = Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STANDIN_DIR), os.getcwd()])}
     done = subprocess.run(
-        [sys.executable, str(script), str(engine_dir(tmp_path, max_seq_len=2048)),
-         "--tokenizer", str(hf_dir), "--no-gpu-check", "--max-tokens", "64"],
+        [sys.executable, str(script), str(engine_dir(tmp_path, max_seq_len=16384)),
+         "--tokenizer", str(hf_dir), "--no-gpu-check", "--max-tokens", "64", "--chatml",
+         "--option", "end_id=0"],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[FAIL]" not in done.stdout
+    for check in ("template", "seeds", "identical-seeds warning", "same seed", "greedy",
+                  "stop strings with end_id", "long prompt"):
+        assert f"[PASS] trtllm 1.2.0+standin {check}:" in done.stdout, check
     assert done.stdout.splitlines()[-1].startswith("gpu_smoke ok=1 engine=trtllm tok_s_1=")
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_fails_where_the_template_or_end_id_is_missing(
+    tmp_path: Path, hf_dir: Path
+) -> None:
+    """No silent ChatML: a tokenizer directory without a chat template is a FAIL."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STANDIN_DIR), os.getcwd()])}
+    done = subprocess.run(
+        [sys.executable, str(script), str(engine_dir(tmp_path, max_seq_len=2048)),
+         "--tokenizer", str(hf_dir), "--no-gpu-check", "--max-tokens", "32", "--streams", "3"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    for check in ("template", "stop strings with end_id", "long prompt"):
+        assert f"[FAIL] trtllm 1.2.0+standin {check}:" in done.stdout, check
 
 
 def test_gpu_smoke_script_refuses_to_run_without_a_gpu(tmp_path: Path) -> None:
@@ -384,6 +405,8 @@ def test_hand_built_greedy_redrafter_engine_is_detected_from_its_config_json(
     with caplog.at_level(logging.WARNING):
         engine = make_engine(path, tokenizer=str(hf_dir))  # no engine.json
     assert engine.info.extra["identical_seeds"] is True
+    assert engine.info.extra["seeds_reproducible"] is True  # trivially: every seed, one stream
+    assert engine.stats()["sampling"]["honours"] == []
     assert any("same stream" in r.getMessage() for r in caplog.records)
     assert len(distinct_texts(engine, [1, 2, 3])) == 1
 

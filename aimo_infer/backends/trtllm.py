@@ -166,8 +166,9 @@ class TRTLLMEngine(StreamingEngine):
         new = [f for f in ignored if f not in self._warned]
         if new:
             self._warned.update(new)
-            log.warning("trtllm: this engine ignores %s (it samples with %s only)",
-                        ", ".join(new), ", ".join(self._honours))
+            how = f"it samples with {', '.join(self._honours)} only" if self._honours else (
+                "it decodes greedily")
+            log.warning("trtllm: this engine ignores %s (%s)", ", ".join(new), how)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> TRTLLMEngine:
@@ -201,7 +202,9 @@ class TRTLLMEngine(StreamingEngine):
                     "temperature, so all seeds give the same stream (rebuild with "
                     "--redrafter_no_greedy_search for diverse streams)"
                 )
-            honours = ["temperature", "seed"] if redrafter is not None else list(ALL_FILTERS)
+            honours = list(ALL_FILTERS)
+            if redrafter is not None:  # temperature and seed only; a greedy one, neither
+                honours = [] if redrafter["greedy"] else ["temperature", "seed"]
         else:
             # engine.json's load options (real LLM argument names) under the caller's options
             options = {**load_options(manifest, "trtllm-pytorch"), **options}
@@ -226,8 +229,8 @@ class TRTLLMEngine(StreamingEngine):
 
         if identical is not None:
             log.warning("trtllm: %s", identical)
-        seeds_reproducible = "seed" in honours and identical is None
-        if "seed" not in honours and identical is None:
+        seeds_reproducible = "seed" in honours or identical is not None
+        if not seeds_reproducible:
             log.warning("trtllm: TensorRT-LLM %s's PyTorch sampler ignores per-request seeds: "
                         "a seed does not reproduce its stream", version)
         info = EngineInfo(

