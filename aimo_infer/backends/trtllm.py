@@ -144,7 +144,7 @@ class TRTLLMEngine(StreamingEngine):
         self._sampling_params_cls = sampling_params_cls
         self._token_ids = token_ids or {}  # end_id / pad_id when the config sets them
         self._results: dict[str, Any] = {}
-        self._honours = list(honours or ALL_FILTERS)
+        self._honours = list(ALL_FILTERS if honours is None else honours)
         self._redrafter = redrafter
         self._ignored: dict[str, int] = {}  # filter -> requests that asked for it in vain
         self._greedy_as_low_temperature = 0
