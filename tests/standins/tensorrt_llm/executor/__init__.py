@@ -7,10 +7,11 @@ How each engine samples, as read in the 1.2-era sources:
   top-k, top-p and min-p are ignored; an engine converted with greedy search
   (``examples/redrafter/convert_checkpoint.py``, ``redrafter_greedy_search``, the default)
   ignores the temperature too, so every seed gives the same stream.
-- ``torch``: the PyTorch backend's ``TorchSampler`` (``_torch/pyexecutor/sampler.py``) up to
-  1.2 ignores the per-request seed and min-p (one generator for the whole batch), and EAGLE-3
-  one-model decoding is greedy unless ``allow_advanced_sampling`` is set
-  (``llmapi/llm_args.py``, ``DecodingBaseConfig``).
+- ``torch``: the PyTorch backend's ``TorchSampler`` (``_torch/pyexecutor/sampler.py``, read at
+  commit 28edbcdb: one ``torch.Generator`` seeded once with ``_global_seed = 42`` for every
+  request) up to 1.2 ignores the per-request seed, so a seed does not reproduce its stream;
+  min-p is treated as ignored too. EAGLE-3 one-model decoding is greedy unless
+  ``allow_advanced_sampling`` is set (``llmapi/llm_args.py``, ``DecodingBaseConfig``).
 """
 
 from __future__ import annotations
