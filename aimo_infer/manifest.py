@@ -18,6 +18,8 @@ class EngineManifest:
     merge: dict[str, float] = field(default_factory=dict)  # source path -> weight
     quantization: str | None = None  # "fp8" | "int8_wo" | None
     drafter: dict[str, object] = field(default_factory=dict)  # kind, num_beams, draft_len, greedy
+    # trt-engine: the trtllm-build flags; vllm / trtllm-pytorch: load options in the engine's
+    # own names (AsyncEngineArgs / LLM), read back by the adapters through load_options.
     build_flags: dict[str, object] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     tokenizer_path: str | None = None
@@ -53,3 +55,12 @@ def load_manifest(directory: str | Path) -> EngineManifest | None:
     if missing:
         raise ValueError(f"{path}: missing required keys {sorted(missing)}")
     return EngineManifest(**{k: v for k, v in data.items() if k in known})
+
+
+def load_options(manifest: EngineManifest | None, backend: str) -> dict[str, object]:
+    """The load options ``engine.json`` records for an engine of ``backend``, in that engine's
+    own argument names (``AsyncEngineArgs`` for vllm, ``LLM`` for trtllm-pytorch); none for a
+    manifest of another backend or a prebuilt engine, whose build flags are baked in."""
+    if manifest is None or manifest.backend != backend or backend in ("trt-engine", "hf"):
+        return {}
+    return dict(manifest.build_flags)

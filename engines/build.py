@@ -23,7 +23,7 @@ from pathlib import Path
 
 import aimo_infer
 from aimo_infer.manifest import write_manifest
-from engines.plan import BuildPlan, Step, make_plan
+from engines.plan import BuildPlan, Step, check_plan, make_plan
 from engines.recipe import RecipeError, load_recipe, validate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +134,11 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_command) -> int
     if errors:
         return 2
     plan = make_plan(recipe)
+    flag_errors = check_plan(plan)  # every command against its script's recorded flags
+    for error in flag_errors:
+        print(f"build: error: {error}", file=sys.stderr)
+    if flag_errors:
+        return 2
     if args.plan:
         print(plan.render())
         return 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aimo_infer.manifest import MANIFEST_NAME, EngineManifest, load_manifest
+from engines.flags import load_flag_set
 from engines.recipe import CALIBRATED_QFORMATS, Recipe, expand_path, trained_draft_len
 
 
@@ -114,6 +115,28 @@ def make_plan(recipe: Recipe) -> BuildPlan:
                      "examples/ directory before running")
     weights_dir = engine_dir if recipe.backend == "trtllm-pytorch" and steps else model
     return BuildPlan(recipe, steps, engine_dir, build_manifest(recipe, model, weights_dir), notes)
+
+
+def check_plan(plan: BuildPlan) -> list[str]:
+    """Every planned TensorRT-LLM command checked against its script's recorded flags (the
+    recipe's ``tools.trtllm_flags``), one line per problem."""
+    if not any(step.name in ("quantize", "redrafter", "trtllm-build") for step in plan.steps):
+        return []
+    try:
+        scripts = load_flag_set(plan.recipe.tools.trtllm_flags)
+    except ValueError as exc:
+        return [f"tools.trtllm_flags: {exc}"]
+    errors = []
+    for step in plan.steps:
+        if step.name not in ("quantize", "redrafter", "trtllm-build"):
+            continue
+        script = scripts.get(step.name)
+        if script is None:
+            errors.append(f"step {step.name}: {plan.recipe.tools.trtllm_flags} records no such script")
+            continue
+        args = step.argv[1:] if step.name == "trtllm-build" else step.argv[2:]
+        errors += [f"step {step.name}: {e}" for e in script.check(args)]
+    return errors
 
 
 def calibration_step(recipe: Recipe, python: str, model: Path, out: Path) -> Step:
@@ -231,18 +254,46 @@ def drafter_settings(recipe: Recipe) -> dict[str, object]:
 
 
 def backend_flags(recipe: Recipe) -> dict[str, object]:
-    """The settings that shape the engine: build flags, or load options for the adapters."""
-    e, d = recipe.engine, recipe.drafter
+    """The settings that shape the engine: the trtllm-build flags of an engine, else the load
+    options the adapter passes on, in the engine's own argument names."""
     if recipe.backend == "trt-engine":
-        return {**trtllm_build_flags(recipe), "extra_args": list(e.extra_args)}
-    flags: dict[str, object] = {"max_batch_size": e.max_batch_size, "max_seq_len": e.max_seq_len,
-             "tensor_parallel_size": e.tp_size, "enable_prefix_caching": True}
-    if recipe.backend == "vllm" and recipe.quantize.qformat == "fp8":
-        flags["quantization"] = "fp8"
+        return {**trtllm_build_flags(recipe), "extra_args": list(recipe.engine.extra_args)}
+    if recipe.backend == "vllm":
+        return vllm_load_options(recipe)
+    return trtllm_load_options(recipe)
+
+
+def vllm_load_options(recipe: Recipe) -> dict[str, object]:
+    """``AsyncEngineArgs`` fields (vllm/engine/arg_utils.py) and ``SpeculativeConfig`` fields
+    (vllm/config/speculative.py: the n-gram window is prompt_lookup_min/max)."""
+    e, d = recipe.engine, recipe.drafter
+    options: dict[str, object] = {"max_model_len": e.max_seq_len, "max_num_seqs": e.max_batch_size,
+                                  "tensor_parallel_size": e.tp_size, "enable_prefix_caching": True}
+    if recipe.quantize.qformat == "fp8":
+        options["quantization"] = "fp8"
     if d.kind == "eagle3":
-        flags["speculative_config"] = {"method": "eagle3", "num_speculative_tokens": d.draft_len,
-                                       "model": str(expand_path(d.path or "").resolve())}
+        options["speculative_config"] = {"method": "eagle3", "num_speculative_tokens": d.draft_len,
+                                         "model": str(expand_path(d.path or "").resolve())}
     elif d.kind == "ngram":
-        flags["speculative_config"] = {"method": "ngram", "num_speculative_tokens": d.draft_len,
-                                       "max_matching_ngram_size": d.max_matching_ngram_size}
-    return flags
+        options["speculative_config"] = {"method": "ngram", "num_speculative_tokens": d.draft_len,
+                                         "prompt_lookup_max": d.max_matching_ngram_size,
+                                         "prompt_lookup_min": 1}
+    return options
+
+
+def trtllm_load_options(recipe: Recipe) -> dict[str, object]:
+    """TensorRT-LLM ``LLM`` arguments (llmapi/llm_args.py) with ``speculative_config`` as the
+    adapter's table (``decoding_type`` names the config class). The KV cache reuses prefixes by
+    default (``KvCacheConfig.enable_block_reuse``): there is no enable_prefix_caching here."""
+    e, d = recipe.engine, recipe.drafter
+    options: dict[str, object] = {"max_seq_len": e.max_seq_len, "max_batch_size": e.max_batch_size,
+                                  "tensor_parallel_size": e.tp_size}
+    if d.kind == "eagle3":
+        options["speculative_config"] = {"decoding_type": "Eagle", "max_draft_len": d.draft_len,
+                                         "speculative_model_dir": str(expand_path(d.path or "")
+                                                                      .resolve()),
+                                         "eagle3_one_model": True}
+    elif d.kind == "ngram":
+        options["speculative_config"] = {"decoding_type": "NGram", "max_draft_len": d.draft_len,
+                                         "max_matching_ngram_size": d.max_matching_ngram_size}
+    return options

@@ -105,10 +105,13 @@ class LimitsSection:
 
 @dataclass
 class ToolsSection:
-    """Where the TensorRT-LLM example scripts live (they are not in the wheel)."""
+    """Where the TensorRT-LLM example scripts live (they are not in the wheel), the version the
+    recipe targets and the recorded flags of its scripts (``engines/trtllm_flags/<name>.json``)."""
 
     trtllm_examples: str = "${TRTLLM_EXAMPLES}"
     python: str = ""  # interpreter for the scripts; empty: this one
+    trtllm_version: str = ""  # the TensorRT-LLM release the recipe targets, e.g. "1.2.x"
+    trtllm_flags: str = ""  # recorded flag set the planned commands are checked against
 
 
 @dataclass
@@ -172,6 +175,7 @@ def validate(recipe: Recipe) -> list[str]:
     errors += _check_paths(recipe)
     errors += _check_drafter(recipe)
     errors += _check_limits(recipe)
+    errors += _check_tools(recipe)
     return errors
 
 
@@ -270,6 +274,53 @@ def _check_redrafter_config(path: Path) -> list[str]:
     missing = [k for k in ("hidden_size", "exit_dim", "num_draft_layers", "rnn") if k not in config]
     if missing:
         return [f"drafter.path: {path / 'config.json'} lacks {missing}: not a ReDrafter checkpoint"]
+    return []
+
+
+def _check_tools(r: Recipe) -> list[str]:
+    """The recipe names its TensorRT-LLM version and a flag set with every script it calls."""
+    from engines.flags import load_flag_set
+
+    if r.backend == "vllm" or r.backend not in BACKENDS:
+        return []
+    if not r.tools.trtllm_version:
+        return ["tools.trtllm_version: not set (the TensorRT-LLM release this recipe targets)"]
+    try:
+        scripts = load_flag_set(r.tools.trtllm_flags)
+    except ValueError as exc:
+        return [f"tools.trtllm_flags: {exc}"]
+    needed = {"trt-engine": ["quantize", "trtllm-build"] + (
+        ["redrafter"] if r.drafter.kind == "redrafter" else [])}.get(r.backend, [])
+    if r.backend == "trtllm-pytorch" and r.quantize.qformat != "full_prec":
+        needed = ["quantize"]
+    errors = [f"tools.trtllm_flags: {r.tools.trtllm_flags} records no {name} script"
+              for name in needed if name not in scripts]
+    quantize = scripts.get("quantize")
+    if "quantize" in needed and quantize and r.backend == "trtllm-pytorch" and not quantize.has(
+            "--export_format"):
+        errors.append(
+            f"tools.trtllm_flags: {quantize.path} at {quantize.commit[:8]} has no --export_format, "
+            "so it cannot write the Hugging Face checkpoint the PyTorch backend loads: pin a flag "
+            "set whose quantize.py has it, or export with ModelOpt yourself (not planned here)")
+    redrafter = scripts.get("redrafter")
+    if r.drafter.kind == "redrafter" and redrafter is not None:
+        errors += _check_redrafter_base(r, redrafter.extra.get("architectures"), redrafter.path)
+    return errors
+
+
+def _check_redrafter_base(r: Recipe, supported: object, script: str) -> list[str]:
+    """ReDrafter's convert_checkpoint.py maps only some base architectures (REDRAFTER_MAP): say so
+    before the hour-long quantization, not after it."""
+    if not isinstance(supported, list) or not r.model.path:
+        return []
+    try:
+        config = json.loads((expand_path(r.model.path) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []  # _check_paths reports a missing or broken checkpoint
+    archs = config.get("architectures") or []
+    if not any(a in supported for a in archs):
+        return [f"model.path: ReDrafter ({script}) supports base architectures "
+                f"{', '.join(supported)}, not {archs or 'an unnamed one'}"]
     return []
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from aimo_infer.manifest import EngineManifest, load_manifest, write_manifest
 from engines import build
-from engines.plan import make_plan
+from engines.flags import load_flag_set
+from engines.plan import check_plan, make_plan
 from engines.recipe import load_recipe, trained_draft_len, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,7 +277,14 @@ def test_alternative_recipes_plan(inputs: dict[str, Path], name: str) -> None:
         quantize = plan.steps[1].argv
         assert "--export_format" in quantize and quantize[quantize.index("--export_format") + 1] == "hf"
     spec = plan.manifest.build_flags["speculative_config"]
-    assert spec["method"] == recipe.drafter.kind and spec["num_speculative_tokens"] >= 3
+    if recipe.backend == "vllm":  # vLLM's SpeculativeConfig names
+        assert spec["method"] == recipe.drafter.kind and spec["num_speculative_tokens"] >= 3
+        assert spec["prompt_lookup_max"] == recipe.drafter.max_matching_ngram_size
+    else:  # the TensorRT-LLM adapter's table: decoding_type names the config class
+        assert spec["decoding_type"] == {"eagle3": "Eagle", "ngram": "NGram"}[recipe.drafter.kind]
+        assert spec["max_draft_len"] == recipe.drafter.draft_len
+    assert "enable_prefix_caching" not in plan.manifest.build_flags or recipe.backend == "vllm"
+    assert check_plan(plan) == []
     assert not plan.manifest.greedy_drafter
 
 
@@ -299,3 +307,111 @@ def test_calibration_step_writes_the_layout_quantize_reads(inputs: dict[str, Pat
         # how quantize.py reads a local calibration directory
         texts = datasets.load_dataset(str(out), split="train")["text"][:5]
         assert list(texts) == [r["text"] for r in rows]
+
+
+# --- planned commands against the recorded flags of the real scripts (engines/trtllm_flags) ---
+
+
+def test_recorded_flag_sets_keep_the_differences_between_versions() -> None:
+    """quantize.py at c8c6df08 has no --export_format and adds fp8_pc_pt; at 059c97c1 it has
+    --export_format {tensorrt_llm,hf} (read from examples/quantization/quantize.py)."""
+    old, new = load_flag_set("trtllm-c8c6df08"), load_flag_set("trtllm-059c97c1")
+    assert not old["quantize"].has("--export_format")
+    assert "fp8_pc_pt" in old["quantize"].flags["--qformat"]
+    assert new["quantize"].flags["--export_format"] == ["tensorrt_llm", "hf"]
+    assert "fp8_pc_pt" not in new["quantize"].flags["--qformat"]
+    assert old["redrafter"].flags["--redrafter_no_greedy_search"] == "switch"
+    for scripts in (old, new):
+        for script in scripts.values():
+            assert len(script.commit) == 40 and script.path
+
+
+@pytest.mark.parametrize("extra", [[], ["drafter.greedy=false"], ["quantize.kv_cache_dtype=\"fp8\""]])
+def test_every_planned_command_parses_with_the_recorded_flags(
+    inputs: dict[str, Path], extra: list[str]
+) -> None:
+    plan = make_plan(load_recipe(AIMO2, overrides(inputs, *extra)))
+    assert [s.name for s in plan.steps] == ["calibration", "quantize", "redrafter", "trtllm-build"]
+    assert check_plan(plan) == []
+
+
+@pytest.mark.parametrize(("extra_args", "message"), [
+    (["--no_such_flag", "1"], "has no --no_such_flag flag"),
+    (["--profiling_verbosity", "all"], "'all' is not one of layer_names_only, detailed, none"),
+    (["--weight_streaming=yes"], "--weight_streaming takes no value"),
+])
+def test_a_command_the_script_would_refuse_stops_the_build_before_it_starts(
+    inputs: dict[str, Path], capsys: pytest.CaptureFixture[str], extra_args: list[str],
+    message: str
+) -> None:
+    runner = NoRunner()
+    sets = overrides(inputs, f"engine.extra_args={json.dumps(extra_args)}")
+    assert build.main(cli(AIMO2, sets), runner=runner) == 2
+    assert runner.started == []
+    err = capsys.readouterr().err
+    assert message in err and "tensorrt_llm/commands/build.py at 65f1d153" in err
+
+
+def test_pytorch_recipe_refuses_a_quantize_py_without_hugging_face_export(
+    inputs: dict[str, Path]
+) -> None:
+    recipe = load_recipe(RECIPES / "trtllm-pytorch-fp8-ngram.toml",
+                         overrides(inputs, 'tools.trtllm_flags="trtllm-c8c6df08"'))
+    errors = validate(recipe)
+    assert len(errors) == 1 and "has no --export_format" in errors[0]
+
+
+def test_recipe_must_name_its_version_and_a_recorded_flag_set(inputs: dict[str, Path]) -> None:
+    recipe = load_recipe(AIMO2, overrides(inputs, 'tools.trtllm_flags="trtllm-0000000"',
+                                          'tools.trtllm_version=""'))
+    assert validate(recipe) == [
+        "tools.trtllm_version: not set (the TensorRT-LLM release this recipe targets)"]
+    recipe.tools.trtllm_version = "1.2.x"
+    assert validate(recipe) == ["tools.trtllm_flags: unknown TensorRT-LLM flag set "
+                                "'trtllm-0000000'; recorded: trtllm-059c97c1, trtllm-c8c6df08"]
+
+
+def test_redrafter_base_architecture_is_checked_before_the_quantize_step(
+    inputs: dict[str, Path]
+) -> None:
+    (inputs["model"] / "config.json").write_text(json.dumps(
+        {"architectures": ["Qwen3ForCausalLM"], "torch_dtype": "bfloat16"}))
+    errors = validate(load_recipe(AIMO2, overrides(inputs)))
+    assert errors == ["model.path: ReDrafter (examples/redrafter/convert_checkpoint.py) supports "
+                      "base architectures QWenForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM, "
+                      "not ['Qwen3ForCausalLM']"]
+
+
+@pytest.mark.parametrize("name", ["vllm-fp8", "trtllm-pytorch-fp8-ngram"])
+def test_recorded_load_options_reach_the_engine_under_its_own_names(
+    inputs: dict[str, Path], name: str
+) -> None:
+    """engine.json is read back: each field lands on the engine argument of the same meaning."""
+    from standins import standin_packages
+
+    from aimo_infer.backends import create_engine
+    from aimo_infer.config import EngineConfig
+
+    plan = make_plan(load_recipe(RECIPES / f"{name}.toml", overrides(inputs)))
+    model = inputs["model"]
+    plan.manifest.backend = plan.recipe.backend
+    write_manifest(model, plan.manifest)  # as if the build wrote it next to the weights
+    with standin_packages():
+        engine_name = "vllm" if plan.recipe.backend == "vllm" else "trtllm"
+        engine = create_engine(EngineConfig(engine_name, str(model), {}))
+        try:
+            if engine_name == "vllm":
+                args = engine._engine.engine_args
+                assert (args.max_model_len, args.max_num_seqs) == (32000, 32)
+                assert args.quantization == "fp8" and args.enable_prefix_caching is True
+                assert args.speculative_config["prompt_lookup_max"] == 3
+            else:
+                args = engine._llm.args
+                assert (args.max_seq_len, args.max_batch_size) == (32000, 32)
+                spec = args.speculative_config
+                assert (spec.max_draft_len, spec.max_matching_ngram_size) == (4, 3)
+            assert engine.info.context_length == 32000
+        finally:
+            import asyncio
+
+            asyncio.run(engine.shutdown())

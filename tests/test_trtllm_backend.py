@@ -173,7 +173,7 @@ def test_max_tokens_is_set_beyond_the_default_of_32(tmp_path: Path, hf_dir: Path
 def test_max_tokens_is_clamped_to_max_seq_len(tmp_path: Path, hf_dir: Path) -> None:
     engine = make_engine(engine_dir(tmp_path, max_seq_len=48), tokenizer=str(hf_dir))
     prompt = "Say «" + " word" * 30 + "»"
-    prompt_len = len(engine._llm.tokenizer.encode(prompt))
+    prompt_len = len(engine._llm.tokenizer.encode(prompt, add_special_tokens=False))
     deltas = asyncio.run(collect(engine, request("c", prompt, max_tokens=4096)))
     assert deltas[-1].finish_reason == "length"
     assert sum(d.num_tokens for d in deltas) == 48 - prompt_len
@@ -305,13 +305,34 @@ def test_gpu_smoke_script_passes_against_the_standin(tmp_path: Path, hf_dir: Pat
     script = Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STANDIN_DIR), os.getcwd()])}
     done = subprocess.run(
-        [sys.executable, str(script), str(engine_dir(tmp_path, max_seq_len=2048)),
-         "--tokenizer", str(hf_dir), "--no-gpu-check", "--max-tokens", "64"],
+        [sys.executable, str(script), str(engine_dir(tmp_path, max_seq_len=16384)),
+         "--tokenizer", str(hf_dir), "--no-gpu-check", "--max-tokens", "64", "--chatml",
+         "--option", "end_id=0"],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[FAIL]" not in done.stdout
+    for check in ("template", "seeds", "identical-seeds warning", "same seed", "greedy",
+                  "stop strings with end_id", "long prompt"):
+        assert f"[PASS] trtllm 1.2.0+standin {check}:" in done.stdout, check
     assert done.stdout.splitlines()[-1].startswith("gpu_smoke ok=1 engine=trtllm tok_s_1=")
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_fails_where_the_template_or_end_id_is_missing(
+    tmp_path: Path, hf_dir: Path
+) -> None:
+    """No silent ChatML: a tokenizer directory without a chat template is a FAIL."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STANDIN_DIR), os.getcwd()])}
+    done = subprocess.run(
+        [sys.executable, str(script), str(engine_dir(tmp_path, max_seq_len=2048)),
+         "--tokenizer", str(hf_dir), "--no-gpu-check", "--max-tokens", "32", "--streams", "3"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    for check in ("template", "stop strings with end_id", "long prompt"):
+        assert f"[FAIL] trtllm 1.2.0+standin {check}:" in done.stdout, check
 
 
 def test_gpu_smoke_script_refuses_to_run_without_a_gpu(tmp_path: Path) -> None:
@@ -321,3 +342,160 @@ def test_gpu_smoke_script_refuses_to_run_without_a_gpu(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "no NVIDIA GPU found" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- Behaviours read in the 1.2-era sources (each modelled in the stand-in, source cited there) ---
+
+
+def distinct_texts(engine: TRTLLMEngine, seeds: list[int], **kw: Any) -> set[str]:
+    """The texts that requests with these seeds give (one element: the seeds changed nothing)."""
+
+    async def main() -> set[str]:
+        reqs = [request(f"s{i}", LONG, seed=s, max_tokens=80, **kw) for i, s in enumerate(seeds)]
+        results = await asyncio.gather(*(collect(engine, r) for r in reqs))
+        assert all(r[-1].finish_reason in ("stop", "length") for r in results), results
+        return {text_of(r) for r in results}
+
+    return asyncio.run(main())
+
+
+def test_stop_strings_still_work_when_end_id_is_set(tmp_path: Path, hf_dir: Path) -> None:
+    """llm.py tokenises stop strings (``_setup``) only when end_id is None; with end_id set a
+    request with stop strings used to fail with "... is not processed by tokenizer"."""
+    engine = make_engine(engine_dir(tmp_path), tokenizer=str(hf_dir), end_id=0)
+    deltas = asyncio.run(collect(engine, request("e", "Go «a b STOP c d»", stop=(" STOP",))))
+    assert deltas[-1].error is None
+    assert (text_of(deltas), deltas[-1].finish_reason) == ("a b STOP", "stop")
+    params = engine._llm._executor.submitted[-1][1]
+    assert 0 in (params.stop_token_ids or []) or params.end_id == 0  # the end token still ends it
+
+
+def test_greedy_request_on_a_sampling_redrafter_engine_decodes_greedily(
+    tmp_path: Path, hf_dir: Path
+) -> None:
+    """The explicit-draft-tokens layer reads only temperature and seed: top_k=1 is no greedy."""
+    engine = make_engine(engine_dir(tmp_path, greedy_redrafter=False), tokenizer=str(hf_dir))
+    assert len(distinct_texts(engine, [1, 2, 3], temperature=0.0)) == 1
+    assert len(distinct_texts(engine, [1, 2, 3], temperature=0.7)) == 3
+    sampling = engine.stats()["sampling"]
+    assert sampling["honours"] == ["temperature", "seed"]
+    assert sampling["greedy_as_low_temperature"] == 3
+
+
+def test_filters_a_redrafter_engine_ignores_are_warned_and_counted(
+    tmp_path: Path, hf_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(engine_dir(tmp_path, greedy_redrafter=False), tokenizer=str(hf_dir))
+    with caplog.at_level(logging.WARNING):
+        distinct_texts(engine, [1, 2], temperature=0.7, top_p=0.9, top_k=20, min_p=0.05)
+    warned = [r.getMessage() for r in caplog.records if "ignores" in r.getMessage()]
+    assert len(warned) == 1 and all(f in warned[0] for f in ("top_p", "top_k", "min_p"))
+    assert engine.stats()["sampling"]["ignored"] == {"top_p": 2, "top_k": 2, "min_p": 2}
+
+
+@pytest.mark.parametrize("flag", [True, None])  # None: the key is absent (greedy is the default)
+def test_hand_built_greedy_redrafter_engine_is_detected_from_its_config_json(
+    tmp_path: Path, hf_dir: Path, caplog: pytest.LogCaptureFixture, flag: bool | None
+) -> None:
+    path = engine_dir(tmp_path, greedy_redrafter=bool(flag))
+    if flag is None:
+        config = json.loads((path / "config.json").read_text())
+        del config["pretrained_config"]["redrafter_greedy_search"]
+        (path / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        engine = make_engine(path, tokenizer=str(hf_dir))  # no engine.json
+    assert engine.info.extra["identical_seeds"] is True
+    assert engine.info.extra["seeds_reproducible"] is True  # trivially: every seed, one stream
+    assert engine.stats()["sampling"]["honours"] == []
+    assert any("same stream" in r.getMessage() for r in caplog.records)
+    assert len(distinct_texts(engine, [1, 2, 3])) == 1
+
+
+def test_pytorch_backend_accepts_a_resumed_prompt_past_8192_tokens(tmp_path: Path) -> None:
+    """TorchLlmArgs: max_num_tokens 8192 and chunked prefill off reject longer prompts."""
+    model = tmp_path / "hf-long"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"max_position_embeddings": 32768}))
+    engine = make_engine(model)
+    prompt = engine._llm.tokenizer.encode(LONG + " word" * 9000, add_special_tokens=False)
+    assert len(prompt) > 8192
+    req = GenerationRequest("long", prompt_token_ids=tuple(prompt), max_tokens=20)
+    deltas = asyncio.run(collect(engine, req))
+    assert deltas[-1].error is None and deltas[-1].finish_reason == "length"
+    assert engine._llm.args.enable_chunked_prefill is True
+
+
+def test_pytorch_backend_keeps_a_chunked_prefill_choice_made_in_the_options(hf_dir: Path) -> None:
+    engine = make_engine(hf_dir, enable_chunked_prefill=False, max_num_tokens=16384)
+    assert (engine._llm.args.enable_chunked_prefill, engine._llm.args.max_num_tokens) == (False, 16384)
+
+
+def test_pytorch_backend_1_2_reports_seeds_as_not_reproducible_and_warns_on_min_p(
+    hf_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(hf_dir)
+    assert engine.info.extra["seeds_reproducible"] is False
+    with caplog.at_level(logging.WARNING):
+        texts = distinct_texts(engine, [5, 5], min_p=0.05)
+    assert len(texts) == 2  # what the report is about: one seed, two streams
+    assert any("min_p" in r.getMessage() for r in caplog.records)
+
+    import tensorrt_llm
+
+    monkeypatch.setattr(tensorrt_llm, "__version__", "1.3.0")
+    later = make_engine(hf_dir)
+    assert later.info.extra["seeds_reproducible"] is True
+    assert len(distinct_texts(later, [5, 5])) == 1
+
+
+EAGLE3 = {"decoding_type": "Eagle", "max_draft_len": 3, "speculative_model_dir": "/d",
+          "eagle3_one_model": True}
+
+
+def test_eagle3_one_model_samples_because_advanced_sampling_is_allowed(hf_dir: Path) -> None:
+    engine = make_engine(hf_dir, speculative_config=dict(EAGLE3))
+    assert engine._llm.args.speculative_config.allow_advanced_sampling is True
+    assert engine.info.extra["identical_seeds"] is False
+    opted_out = make_engine(hf_dir, speculative_config={**EAGLE3,
+                                                               "allow_advanced_sampling": False})
+    assert opted_out.info.extra["identical_seeds"] is True  # the caller's choice, reported
+
+
+def test_eagle3_without_advanced_sampling_reports_identical_seeds(
+    hf_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tensorrt_llm.llmapi.llm_args import DecodingBaseConfig
+
+    fields = {k: v for k, v in DecodingBaseConfig._fields.items() if k != "allow_advanced_sampling"}
+    monkeypatch.setattr(DecodingBaseConfig, "_fields", fields)  # a version without the field
+    with caplog.at_level(logging.WARNING):
+        engine = make_engine(hf_dir, speculative_config=dict(EAGLE3))
+    assert engine.info.extra["identical_seeds"] is True
+    assert any("greedy" in r.getMessage() for r in caplog.records)
+
+
+def test_rendered_prompt_is_encoded_without_a_second_bos(tmp_path: Path, hf_dir: Path) -> None:
+    """A chat template that writes <s> itself must not get another from the tokenizer."""
+    from standin_core import BOS_ID
+
+    engine = make_engine(engine_dir(tmp_path), tokenizer=str(hf_dir))
+    asyncio.run(collect(engine, request("b", "<s>[INST] Go «a b» [/INST]", max_tokens=5)))
+    prompt_ids = engine._llm._executor.submitted[-1][0]
+    assert prompt_ids.count(BOS_ID) == 1 and prompt_ids[0] == BOS_ID
+
+
+def test_pytorch_backend_reads_its_load_options_from_engine_json(hf_dir: Path) -> None:
+    from tensorrt_llm.llmapi import NGramDecodingConfig
+
+    write_manifest(hf_dir, EngineManifest(
+        model=str(hf_dir), backend="trtllm-pytorch", max_seq_len=400, max_batch_size=8,
+        build_flags={"max_batch_size": 8, "max_seq_len": 400, "tensor_parallel_size": 1,
+                     "speculative_config": {"decoding_type": "NGram", "max_draft_len": 4,
+                                            "max_matching_ngram_size": 3}}))
+    engine = make_engine(hf_dir, max_batch_size=4)  # an explicit option wins over engine.json
+    args = engine._llm.args
+    assert (args.max_batch_size, args.max_seq_len) == (4, 400)
+    assert isinstance(args.speculative_config, NGramDecodingConfig)
+    assert (args.speculative_config.max_draft_len,
+            args.speculative_config.max_matching_ngram_size) == (4, 3)
+    assert engine.info.context_length == 400

@@ -31,6 +31,7 @@ from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import EngineError, EngineUnavailable, GenerationRequest, StreamDelta
 from aimo_infer.backends.vllm import SHUTDOWN_TIMEOUT_S, VLLMEngine
 from aimo_infer.config import EngineConfig
+from aimo_infer.manifest import EngineManifest, write_manifest
 from tests.fakes import collect, request, text_of
 
 LONG = "«" + " step" * 60 + "»"
@@ -80,7 +81,7 @@ def test_sampling_params_are_explicit_delta_and_keep_stop_text(model_dir: Path) 
                   stop=("\n\n",), max_tokens=300)
     deltas = asyncio.run(collect(engine, req))
     _, prompt_ids, params = engine._engine.submitted[0]
-    assert prompt_ids == engine._engine.get_tokenizer().encode("Solve it.")
+    assert prompt_ids == engine._engine.get_tokenizer().encode("Solve it.", add_special_tokens=False)
     assert params.output_kind == RequestOutputKind.DELTA
     assert (params.max_tokens, params.seed, params.temperature) == (300, 7, 0.8)
     assert (params.top_p, params.top_k, params.min_p) == (0.9, 20, 0.05)
@@ -154,7 +155,7 @@ def test_leaving_a_stream_early_aborts_its_engine_request(model_dir: Path) -> No
 def test_max_tokens_is_clamped_to_the_context_window(model_dir: Path) -> None:
     engine = make_engine(model_dir, max_model_len=40)
     prompt = "Say «" + " word" * 30 + "»"
-    prompt_len = len(engine._engine.get_tokenizer().encode(prompt))
+    prompt_len = len(engine._engine.get_tokenizer().encode(prompt, add_special_tokens=False))
     deltas = asyncio.run(collect(engine, request("c", prompt, max_tokens=4096)))
     assert engine._engine.submitted[0][2].max_tokens == 40 - prompt_len
     assert sum(d.num_tokens for d in deltas) == 40 - prompt_len
@@ -334,3 +335,33 @@ def test_the_standin_keeps_the_real_vllm_signatures_and_defaults() -> None:
                 assert not required, f"{cls}: real {name} is required"
             else:
                 assert standin[cls][name][1] == required, f"{cls}.{name}: required differs"
+
+
+def test_rendered_prompt_is_encoded_without_a_second_bos(model_dir: Path) -> None:
+    """A chat template that writes <s> itself must not get another from the tokenizer."""
+    from standin_core import BOS_ID
+
+    engine = make_engine(model_dir)
+    asyncio.run(collect(engine, request("b", "<s>[INST] Go «a b» [/INST]", max_tokens=5)))
+    prompt_ids = engine._engine.submitted[-1][1]
+    assert prompt_ids.count(BOS_ID) == 1 and prompt_ids[0] == BOS_ID
+
+
+def test_load_options_are_read_from_engine_json_in_vllm_names(model_dir: Path) -> None:
+    write_manifest(model_dir, EngineManifest(
+        model=str(model_dir), backend="vllm", max_seq_len=300, max_batch_size=8,
+        build_flags={"max_model_len": 300, "max_num_seqs": 8, "tensor_parallel_size": 1,
+                     "enable_prefix_caching": True, "quantization": "fp8",
+                     "speculative_config": {"method": "ngram", "num_speculative_tokens": 4,
+                                            "prompt_lookup_max": 3, "prompt_lookup_min": 1}}))
+    engine = make_engine(model_dir, max_num_seqs=4)  # an explicit option wins over engine.json
+    args = engine._engine.engine_args
+    assert (args.max_model_len, args.max_num_seqs, args.quantization) == (300, 4, "fp8")
+    assert args.speculative_config["prompt_lookup_max"] == 3
+    assert engine.info.context_length == 300
+
+
+def test_speculative_keys_vllm_does_not_know_are_a_clear_error(model_dir: Path) -> None:
+    with pytest.raises(EngineError, match="max_matching_ngram_size"):
+        make_engine(model_dir, speculative_config={"method": "ngram", "num_speculative_tokens": 3,
+                                                   "max_matching_ngram_size": 3})

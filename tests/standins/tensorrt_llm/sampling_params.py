@@ -1,4 +1,9 @@
-"""STAND-IN for ``tensorrt_llm.sampling_params`` (tests only): real field names and defaults."""
+"""STAND-IN for ``tensorrt_llm.sampling_params`` (tests only): real field names and defaults.
+
+Kept from the real ``tensorrt_llm/sampling_params.py``: stop strings are tokenised by
+``_setup`` only, and ``_get_stop_words`` raises when ``_setup`` never ran (which is what
+``LLM._prepare_sampling_params`` does when ``end_id`` is set, see ``llmapi/llm.py``).
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,19 @@ class SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         self._stop_word_ids = [(s, tokenizer.encode(s, add_special_tokens=False)) for s in stops]
         return self
+
+    def _get_stop_words(self) -> list[list[int]]:
+        """Stop token ids and tokenised stop strings; raises, as the real one does, when the
+        stop strings were never tokenised (``tensorrt_llm/sampling_params.py``)."""
+        words = [[i] for i in self.stop_token_ids or []]
+        if self.stop is None:
+            return words
+        if self._stop_word_ids is None:
+            raise RuntimeError(
+                f"{self.__class__.__name__}.stop ({self.stop}) is not processed by tokenizer, "
+                "please call the setup method."
+            )
+        return words + [ids for _s, ids in self._stop_word_ids]
 
     @property
     def greedy(self) -> bool:

@@ -1,4 +1,12 @@
-"""STAND-IN for ``tensorrt_llm.llmapi.llm`` (tests only): the LLM classes of both backends."""
+"""STAND-IN for ``tensorrt_llm.llmapi.llm`` (tests only): the LLM classes of both backends.
+
+Kept from the real ``tensorrt_llm/llmapi/llm.py`` (read at commit 4c05a748):
+``_prepare_sampling_params`` calls ``SamplingParams._setup`` (which tokenises stop strings)
+only when ``end_id`` is None; ``_check_arguments`` on the PyTorch backend rejects a prompt
+longer than ``max_num_tokens`` unless ``enable_chunked_prefill`` is on (defaults from
+``llmapi/llm_args.py``: 8192 and False), and on the engine path rejects prompt + max_tokens
+over the engine's ``max_seq_len``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from tensorrt_llm.executor import GenerationExecutor, GenerationResult
 from tensorrt_llm.llmapi.llm_args import DecodingBaseConfig
 from tensorrt_llm.sampling_params import SamplingParams
 
+DEFAULT_MAX_NUM_TOKENS = 8192  # llm_args.py: BaseLlmArgs.max_num_tokens
 _COMMON_ARGS = {"max_batch_size", "max_num_tokens", "max_seq_len", "kv_cache_config",
                 "enable_chunked_prefill", "speculative_config", "backend", "max_beam_width"}
 _TRT_ONLY_ARGS = {"build_config", "workspace", "enable_build_cache", "extended_runtime_perf_knob_config"}
@@ -94,12 +103,14 @@ class BaseLLM:
             params = SamplingParams()
         if not isinstance(params, SamplingParams):
             raise TypeError(f"The sampling_params must be type SamplingParams or None, but got {type(params)}")
-        if params.end_id is None and self.tokenizer is None:
-            raise ValueError(
-                "tokenizer is required to reset end_id if it is None, or you can explicitly "
-                "specify the end_id for sampling_params"
-            )
-        return params._setup(self.tokenizer or PieceTokenizer())
+        if params.end_id is None:
+            if self.tokenizer is None:
+                raise ValueError(
+                    "tokenizer is required to reset end_id if it is None, or you can explicitly "
+                    "specify the end_id for sampling_params"
+                )
+            params._setup(self.tokenizer)  # only here: with end_id set, stop strings stay raw
+        return params
 
     def _check_arguments(self, prompt_len: int, params: SamplingParams) -> None:
         pass
@@ -122,8 +133,13 @@ class _TrtLLM(BaseLLM):
         if "build_config" not in config:
             raise ValueError(f"stand-in: {self._model_dir} is not an engine directory")
         self._engine_max_seq_len = int(config["build_config"]["max_seq_len"])
-        greedy = bool(config.get("pretrained_config", {}).get("redrafter_greedy_search", False))
-        self._executor = GenerationExecutor(self._tokenizer or PieceTokenizer(), greedy)
+        pretrained = config.get("pretrained_config", {})
+        redrafter = str(pretrained.get("architecture", "")).startswith("ReDrafter")
+        # convert_checkpoint.py writes redrafter_greedy_search (default True, the flag
+        # --redrafter_no_greedy_search is store_false) into the engine's config.json.
+        greedy = redrafter and bool(pretrained.get("redrafter_greedy_search", True))
+        self._executor = GenerationExecutor(self._tokenizer or PieceTokenizer(), greedy,
+                                            mode="redrafter" if redrafter else "trt")
 
     def _check_arguments(self, prompt_len: int, params: SamplingParams) -> None:
         max_seq_len = self.args.max_seq_len or self._engine_max_seq_len
@@ -149,8 +165,31 @@ class _TorchLLM(BaseLLM):
         spec = getattr(self.args, "speculative_config", None)
         if spec is not None and not isinstance(spec, DecodingBaseConfig):
             raise TypeError(f"speculative_config must be a DecodingBaseConfig, got {type(spec)}")
-        self._executor = GenerationExecutor(self._tokenizer, greedy_engine=False)
+        # EAGLE-3 one-model samples greedily unless allow_advanced_sampling (1.2 era).
+        greedy = (type(spec).__name__ == "EagleDecodingConfig"
+                  and bool(getattr(spec, "eagle3_one_model", False))
+                  and not getattr(spec, "allow_advanced_sampling", False))
+        import tensorrt_llm
+
+        seeded = _major_minor(tensorrt_llm.__version__) > (1, 2)  # per-request seeds after 1.2
+        self._executor = GenerationExecutor(self._tokenizer, greedy_engine=greedy, mode="torch",
+                                            seeded=seeded)
+
+    def _check_arguments(self, prompt_len: int, params: SamplingParams) -> None:
+        if getattr(self.args, "enable_chunked_prefill", False):
+            return
+        max_num_tokens = getattr(self.args, "max_num_tokens", None) or DEFAULT_MAX_NUM_TOKENS
+        if prompt_len > max_num_tokens:
+            raise ValueError(
+                f"The sum of prompt length ({float(prompt_len)}), query length (0) should not "
+                f"exceed max_num_tokens ({max_num_tokens})"
+            )
 
 
 class LLM(_TorchLLM):
     pass
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = [*version.split("+")[0].split("."), "0"][:2]
+    return int(major), int(minor)

@@ -12,7 +12,9 @@ class DecodingBaseConfig:
     """Strict like the real pydantic models: unknown fields are rejected."""
 
     decoding_type: ClassVar[str] = ""
-    _fields: ClassVar[dict[str, Any]] = {"max_draft_len": None, "speculative_model_dir": None}
+    # allow_advanced_sampling: "For non-greedy sampling on 1-model" (1.2 era; later a no-op).
+    _fields: ClassVar[dict[str, Any]] = {"max_draft_len": None, "speculative_model_dir": None,
+                                         "allow_advanced_sampling": False}
 
     def __init__(self, **kwargs: Any) -> None:
         fields = {**DecodingBaseConfig._fields, **type(self)._fields}

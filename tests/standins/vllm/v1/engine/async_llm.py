@@ -27,6 +27,16 @@ class EngineDeadError(RuntimeError):
     pass
 
 
+# Some fields of vLLM's SpeculativeConfig (``vllm/config/speculative.py``), a pydantic dataclass
+# that ``EngineArgs.create_engine_config`` builds from the ``speculative_config`` dict: other
+# keys are rejected. The n-gram window is ``prompt_lookup_max``/``prompt_lookup_min``.
+SPECULATIVE_FIELDS = frozenset({
+    "method", "model", "num_speculative_tokens", "draft_tensor_parallel_size", "quantization",
+    "max_model_len", "revision", "code_revision", "prompt_lookup_max", "prompt_lookup_min",
+    "speculative_token_tree", "parallel_drafting", "enforce_eager", "disable_padded_drafter_batch",
+})
+
+
 @dataclass
 class _Request:
     queue: asyncio.Queue[RequestOutput] = field(default_factory=asyncio.Queue)
@@ -54,6 +64,11 @@ class AsyncLLM:
     ) -> AsyncLLM:
         if not isinstance(engine_args, AsyncEngineArgs):
             raise TypeError("engine_args must be AsyncEngineArgs")
+        spec = engine_args.speculative_config or {}
+        unknown = sorted(set(spec) - SPECULATIVE_FIELDS)
+        if unknown:
+            raise TypeError(f"SpeculativeConfig.__init__() got an unexpected keyword argument "
+                            f"{unknown[0]!r}")
         config = Path(engine_args.model) / "config.json"
         if not config.is_file():
             raise OSError(f"stand-in: {engine_args.model} has no config.json")
