@@ -44,6 +44,8 @@ def test_unknown_source_and_id_name_the_problem() -> None:
     dataset = load_dataset("holdout")
     with pytest.raises(DatasetError, match=r"holdout\.jsonl: unknown source 'aime99'.*aime22"):
         select(dataset, sources=["aime99"])
+    with pytest.raises(DatasetError, match="comp-math-int is a dataset: pass it as the dataset"):
+        select(load_dataset("comp-math"), sources=["comp-math-int"])
     with pytest.raises(DatasetError, match="no problem with id 'nope'"):
         select(dataset, ids=["nope"])
     with pytest.raises(DatasetError, match="--limit"):

@@ -197,6 +197,14 @@ def test_profile_follows_the_dataset_unless_given() -> None:
     assert config.solve.profile == "aimo3"
 
 
+def test_the_dataset_defaults_to_comp_math_and_source_filters_it() -> None:
+    config, order, run_dir, run_config = prepare(build_parser().parse_args(
+        ["dryrun", "--source", "aime25"]))
+    assert run_config["dataset"] == "comp-math" and run_dir == Path("runs/dryrun-comp-math")
+    assert len(order) == 30 and {p.source for p in order} == {"aime25"}
+    assert config.solve.profile == "free"
+
+
 @pytest.mark.slow
 def test_dryrun_on_the_cpu_engine(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")

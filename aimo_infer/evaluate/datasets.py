@@ -99,8 +99,10 @@ def select(
         known = set(dataset.sources)
         unknown = [s for s in sources if s not in known]
         if unknown:
+            hint = (f" ({unknown[0]} is a dataset: pass it as the dataset argument)"
+                    if unknown[0] in BUNDLED else "")
             raise DatasetError(f"{dataset.path}: unknown source {unknown[0]!r}; sources: "
-                               f"{', '.join(dataset.sources)}")
+                               f"{', '.join(dataset.sources)}{hint}")
         problems = [p for p in problems if p.source in set(sources)]
     if ids:
         by_id = {p.id: p for p in problems}

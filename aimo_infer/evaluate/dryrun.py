@@ -48,6 +48,7 @@ from aimo_infer.solve.vote import Answer
 from aimo_infer.traces import TraceWriter
 
 DEFAULT_RUNS_DIR = Path("runs")
+DEFAULT_DATASET = "comp-math"  # the bundled Comp-Math-24-25
 
 
 def serving_order(problems: Sequence[Problem], seed: int) -> list[Problem]:
@@ -252,7 +253,7 @@ def config_sets_profile(path: str | None) -> bool:
 
 
 def add_dryrun_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """``aimo-infer dryrun DATASET``."""
+    """``aimo-infer dryrun [DATASET]``."""
     from aimo_infer.cli import add_run_options
 
     p = sub.add_parser(
@@ -263,8 +264,10 @@ def add_dryrun_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "it skips finished problems. The time limit is scaled to the subset: a per-problem "
         "share (default: config total_s / num_problems) times the number of problems.",
     )
-    p.add_argument("dataset", help="comp-math, comp-math-int, aimo-reference, holdout, or a "
-                   ".jsonl/.csv file with id, problem[, answer, source]")
+    p.add_argument("dataset", nargs="?", default=DEFAULT_DATASET,
+                   help="comp-math (Comp-Math-24-25, the default), comp-math-int, "
+                   "aimo-reference, holdout, or a .jsonl/.csv file with id, problem[, answer, "
+                   "source]")
     add_run_options(p)
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/dryrun-NAME); "
                    "an existing one is resumed")
