@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aimo_infer.backends.base import Engine
-from aimo_infer.config import Config, ConfigError
+from aimo_infer.config import Config, ConfigError, check_setting
 from aimo_infer.evaluate.datasets import Problem, load_dataset, select
 from aimo_infer.evaluate.grade import grade
 from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
@@ -299,6 +299,10 @@ def prepare(args: argparse.Namespace) -> tuple[Config, list[Problem], Path, dict
     if args.profile is None and not config_sets_profile(args.config):
         config.solve.profile = dataset.profile
     parse_policy(config.solve.stop_policy)
+    for flag, value in (("--per-problem-s", args.per_problem_s),
+                        ("--time-limit", args.time_limit)):
+        if value is not None:
+            check_setting("budget.total_s", value, flag)
     config.budget = scaled_budget(config.budget, len(problems), args.per_problem_s,
                                   args.time_limit)
     seed = config.solve.run_seed if args.shuffle_seed is None else args.shuffle_seed
