@@ -11,7 +11,7 @@ import pytest
 
 from aimo_infer.backends.replay import ReplayEngine
 from aimo_infer.cli import build_parser, main
-from aimo_infer.config import BudgetConfig
+from aimo_infer.config import BudgetConfig, EngineConfig
 from aimo_infer.evaluate.datasets import Problem
 from aimo_infer.evaluate.dryrun import prepare, run_problems, serving_order
 from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
@@ -104,6 +104,27 @@ def test_a_torn_last_line_is_dropped_and_redone(tmp_path: Path) -> None:
     new = asyncio.run(run_problems(cot_config("nemo", 12, 2), problems, tmp_path, engine=engine))
     assert [r.problem_id for r in new] == ["p1"]
     assert [r.problem_id for r in read_results(tmp_path)] == ["p0", "p1"]
+
+
+def test_resume_after_kill_repairs_a_torn_trace_line(tmp_path: Path) -> None:
+    problems = synthetic_problems(3)
+    record_run(tmp_path, problems[:2], "nemo")
+    results, traces = tmp_path / "results.jsonl", tmp_path / "traces.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text(lines[0] + lines[1][:40])  # killed while writing the second record
+    complete = traces.read_text()
+    with traces.open("a") as fh:  # ... and the trace's next event was half written
+        fh.write('{"event": "segment", "problem_id": "p1", "te')
+    engine = ReplayEngine(scripts_for(problems, 12), yield_every=1)
+    new = asyncio.run(run_problems(cot_config("nemo", 12, 3), problems, tmp_path, engine=engine))
+    assert [r.problem_id for r in new] == ["p1", "p2"]
+    text = traces.read_text()
+    assert text.startswith(complete) and '"te\n' not in text and '"te{' not in text
+    events = list(read_trace(traces))  # every line parses: nothing glued onto the torn one
+    assert [e["problem_id"] for e in events if e["event"] == "problem_end"] == ["p0", "p1", "p1",
+                                                                               "p2"]
+    replay = ReplayEngine.from_config(EngineConfig("replay", str(traces)))  # replayable again
+    assert set(replay._scripts) == {e["seed"] for e in events if e["event"] == "segment"}
 
 
 # --- the command ---------------------------------------------------------------------------

@@ -119,3 +119,41 @@ def test_report_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["report", str(run)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("aimo-infer: error:") and err.count("\n") == 1
+
+
+def _damaged(change: str) -> str:
+    """A record line of a real run with one field changed to the wrong type."""
+    data = json.loads(mixed_records()[0].to_json())
+    if change == "used_s":
+        data["used_s"] = "12.5"
+    elif change == "stream tokens":
+        data["streams"][0]["tokens"] = "100"
+    elif change == "votes":
+        data["votes"] = [[5, "x"]]
+    elif change == "streams":
+        data["streams"] = {"0": {}}
+    elif change == "missing":
+        del data["stop_reason"]
+    elif change == "not an object":
+        data = [data]
+    return json.dumps(data) + "\n"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("used_s", "used_s: expected float, got '12.5'"),
+    ("stream tokens", "streams[0].tokens: expected int, got '100'"),
+    ("votes", "votes: expected [answer, count] pairs"),
+    ("streams", "streams: expected a list"),
+    ("missing", "missing key(s) ['stop_reason']"),
+    ("not an object", "expected a JSON object, got list"),
+])
+def test_a_wrong_typed_record_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          change: str, message: str) -> None:
+    good = mixed_records()[1].to_json() + "\n"
+    (tmp_path / "results.jsonl").write_text(good + _damaged(change))
+    for command in ("report", "simulate"):
+        assert main([command, str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "results.jsonl:2: not a problem record" in err, err
+        assert message in err, err
+    assert not (tmp_path / "report.md").exists()

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aimo_infer.config import BudgetConfig, ConfigError, SubmissionConfig, check_setting
+from aimo_infer.config import (
+    BudgetConfig,
+    ConfigError,
+    SubmissionConfig,
+    check_setting,
+    dataclass_from_table,
+)
 from aimo_infer.evaluate.run_budget import scaled_budget
 from aimo_infer.evaluate.runs import ProblemRecord, read_results, read_run_config
 from aimo_infer.evaluate.sample_traces import (
@@ -229,7 +235,8 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
         raise ValueError(f"{run_dir}: no finished problems to simulate")
     config = read_run_config(run_dir).get("config", {})
     solve = config.get("solve", {})
-    budget_cfg = BudgetConfig(**config["budget"]) if "budget" in config else BudgetConfig()
+    budget_cfg = (dataclass_from_table(BudgetConfig, config["budget"], "config.json budget",
+                                       ValueError) if "budget" in config else BudgetConfig())
     budget: BudgetConfig | None = _budget_from(budget_cfg, args)
     if args.per_problem_s is not None:
         budget = scaled_budget(budget, len(records), args.per_problem_s)
@@ -252,6 +259,8 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
 
 def _simulate_samples(path: Path, args: argparse.Namespace) -> int:
     groups = group_by_model(load_sampled_problems(path))
+    if not groups:
+        raise ValueError(f"{path}: no per-sample trace records to simulate")
     if args.model:
         unknown = [m for m in args.model if m not in groups]
         if unknown:
