@@ -122,7 +122,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-empty line; errors name the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError as exc:
         raise DatasetError(f"dataset not found: {path}") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -148,7 +148,7 @@ def _read_jsonl(path: Path) -> list[Problem]:
 
 def _read_csv(path: Path) -> list[Problem]:
     try:
-        with path.open(encoding="utf-8", newline="") as fh:
+        with path.open(encoding="utf-8-sig", newline="") as fh:  # a BOM is not in a header
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             missing = [c for c in ("id", "problem") if c not in header]
