@@ -7,6 +7,7 @@ starts instead of halfway through.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,15 @@ class Dataset:
     @property
     def sources(self) -> list[str]:
         return sorted({p.source for p in self.problems})
+
+    @property
+    def digest(self) -> str:
+        """A fingerprint of the problems (ids, texts, answers, sources): two files with the
+        same name but other problems are told apart, a copied file is recognised."""
+        h = hashlib.sha256()
+        for p in self.problems:
+            h.update(json.dumps([p.id, p.problem, p.answer, p.source]).encode() + b"\n")
+        return h.hexdigest()[:16]
 
 
 def load_dataset(name_or_path: str) -> Dataset:
