@@ -103,16 +103,20 @@ class Config:
 
 
 def dataclass_from_table(
-    cls: type, data: Any, where: str = "", error: type[ValueError] = ConfigError
+    cls: type, data: Any, where: str = "", error: type[ValueError] = ConfigError,
+    ignore_unknown: bool = False,
 ) -> Any:
     """Build dataclass ``cls`` from a TOML table (nested dataclasses too), rejecting unknown
-    keys and values of the wrong type with ``error`` naming the key (``where``: its prefix)."""
+    keys (unless ``ignore_unknown``: a record written by another version) and values of the
+    wrong type with ``error`` naming the key (``where``: its prefix)."""
     if not isinstance(data, dict):
         raise error(f"{where or 'top level'}: expected a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
-    if unknown:
+    if ignore_unknown:
+        data = {k: v for k, v in data.items() if k in known}
+    elif unknown:
         raise error(f"{where or 'top level'}: unknown key(s) {unknown}; known: {sorted(known)}")
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -123,7 +127,8 @@ def dataclass_from_table(
         hint = hints[key]
         path = f"{where}.{key}" if where else key
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = dataclass_from_table(hint, value, path, error)  # type: ignore[arg-type]
+            kwargs[key] = dataclass_from_table(hint, value, path, error,  # type: ignore[arg-type]
+                                               ignore_unknown)
         elif not _fits(hint, value):
             raise error(f"{path}: expected {_type_name(hint)}, got {value!r}")
         else:

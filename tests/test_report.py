@@ -157,3 +157,18 @@ def test_a_wrong_typed_record_is_one_line(tmp_path: Path, capsys: pytest.Capture
         assert err.count("\n") == 1 and "results.jsonl:2: not a problem record" in err, err
         assert message in err, err
     assert not (tmp_path / "report.md").exists()
+
+
+def test_a_wrong_typed_run_config_is_one_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    for r in mixed_records():
+        append_result(tmp_path, r)
+    config = {"dataset": "d", "config": {"budget": {"total_s": "5h"}, "later_key": 1}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for command in ("report", "simulate"):
+        assert main([command, str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "config.budget.total_s: expected float, got '5h'" in err
+    config["config"]["budget"]["total_s"] = 3600  # keys of other versions are ignored
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["report", str(tmp_path)]) == 0

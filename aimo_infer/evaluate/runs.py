@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aimo_infer.config import dataclass_from_table
+from aimo_infer.config import Config, dataclass_from_table
 from aimo_infer.solve.vote import Answer
 from aimo_infer.traces import read_jsonl_tolerant, repair_torn_tail
 
@@ -155,6 +155,12 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({exc.msg})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
+    if "config" in data:  # the values the report and the simulator read must have their types
+        try:
+            dataclass_from_table(Config, data["config"], "config", ValueError,
+                                 ignore_unknown=True)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
     return data
 
 

@@ -235,8 +235,9 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
         raise ValueError(f"{run_dir}: no finished problems to simulate")
     config = read_run_config(run_dir).get("config", {})
     solve = config.get("solve", {})
-    budget_cfg = (dataclass_from_table(BudgetConfig, config["budget"], "config.json budget",
-                                       ValueError) if "budget" in config else BudgetConfig())
+    budget_cfg = (dataclass_from_table(BudgetConfig, config["budget"], "config.budget",
+                                       ValueError, ignore_unknown=True)
+                  if "budget" in config else BudgetConfig())
     budget: BudgetConfig | None = _budget_from(budget_cfg, args)
     if args.per_problem_s is not None:
         budget = scaled_budget(budget, len(records), args.per_problem_s)
