@@ -272,6 +272,7 @@ def test_simulate_command_on_sample_traces(tmp_path: Path,
     (["simulate", "{traces}", "--model", "nobody"], "no model 'nobody'", 1),
     (["simulate", "{empty}"], "empty.jsonl: no per-sample trace records", 1),
     (["simulate", "{bad_samples}"], "bad.jsonl:1: not a per-sample trace record", 1),
+    (["simulate", "{binary}"], "binary.jsonl: not UTF-8 text", 1),
     (["simulate", "{run}", "--streams", "0"], "--streams must be >= 1", 2),
     (["simulate", "{run}", "--base-s", "nan"], "--base-s must be finite and > 0", 2),
     (["simulate", "{run}", "--tok-s-scale", "inf"], "--tok-s-scale must be finite and > 0", 2),
@@ -284,8 +285,10 @@ def test_simulate_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "bad.jsonl").write_text(json.dumps(
         {"problem_id": "q", "reference_answer": "1", "samples": ["7"]}) + "\n")
+    (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     argv = [a.format(run=tmp_path / "run", traces=traces, empty=tmp_path / "empty.jsonl",
-                     bad_samples=tmp_path / "bad.jsonl") for a in argv]
+                     bad_samples=tmp_path / "bad.jsonl", binary=tmp_path / "binary.jsonl")
+            for a in argv]
     assert main(argv) == code
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -259,7 +259,10 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
 
 
 def _simulate_samples(path: Path, args: argparse.Namespace) -> int:
-    groups = group_by_model(load_sampled_problems(path))
+    try:
+        groups = group_by_model(load_sampled_problems(path))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     if not groups:
         raise ValueError(f"{path}: no per-sample trace records to simulate")
     if args.model:
