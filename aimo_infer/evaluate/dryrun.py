@@ -292,7 +292,8 @@ def add_dryrun_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    "source]")
     add_run_options(p)
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/dryrun-NAME); "
-                   "an existing one is resumed")
+                   "an existing run of the same dataset and settings is resumed, any other "
+                   "non-empty directory refused")
     p.add_argument("--limit", type=int, metavar="N", help="first N problems (after filters)")
     p.add_argument("--ids", metavar="ID,...", help="only these problem ids")
     p.add_argument("--source", metavar="NAME,...", help="only these sources (e.g. aime25)")
