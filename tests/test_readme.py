@@ -198,10 +198,13 @@ def check_command(command: str, workdir: Path) -> str | None:
     check = CHECKS.get(argv[0])
     if check is None:
         return f"no check for '{argv[0]}' commands: add one to tests/test_readme.py"
+    err = io.StringIO()
     try:
-        return check(argv, workdir)
+        with contextlib.redirect_stderr(err):
+            return check(argv, workdir)
     except SystemExit as exc:
-        return f"argparse exit {exc.code}"
+        lines = err.getvalue().strip().splitlines()
+        return f"argparse exit {exc.code}: {lines[-1] if lines else ''}"
     except Exception as exc:  # the reason goes in the failure message
         return f"{type(exc).__name__}: {exc}"
 
@@ -229,7 +232,9 @@ def test_every_readme_command_runs_as_typed(fresh_clone: Path) -> None:
 @pytest.mark.parametrize(("command", "reason"), [
     (".venv/bin/aimo-infer dryrun --source comp-math-int --limit 20 --out runs/x",
      "unknown source 'comp-math-int'"),
-    (".venv/bin/aimo-infer solve --streams x", "argparse exit 2"),
+    (".venv/bin/aimo-infer solve --streams x", "argparse exit 2: aimo-infer solve: error:"),
+    (".venv/bin/aimo-infer dryrun --limit", "argparse exit 2: aimo-infer dryrun: error: argument "
+     "--limit: expected one argument"),
     (".venv/bin/aimo-infer nosuch", "no check for 'aimo-infer nosuch'"),
     ("bash scripts/nosuch.sh", "no such script"),
     ("make all", "no check for 'make' commands"),
