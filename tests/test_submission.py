@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from standins import standin_packages
 
 from aimo_infer.kaggle.gateway import read_problems
 from aimo_infer.kaggle.serve import main
@@ -18,25 +19,6 @@ from aimo_infer.solve.controller import stream_seed
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "aimo_infer" / "data" / "aimo-reference.jsonl"
 
-FAKE_SERVER = '''
-import polars as pl
-
-
-class {cls}:
-    """Stand-in with the real server's surface: listeners by name, serve, run_local_gateway."""
-
-    def __init__(self, *listeners):
-        self.listeners = {{f.__name__: f for f in listeners}}
-
-    def serve(self):
-        row = self.listeners["predict"](pl.Series("id", ["r1"]), pl.Series("problem", ["1+1?"]))
-        row.write_parquet("served.parquet")
-
-    def run_local_gateway(self, data_paths=None):
-        test = pl.read_csv(data_paths[0])
-        rows = [self.listeners["predict"](*batch) for batch in test.iter_slices(n_rows=1)]
-        pl.concat(rows).write_parquet("submission.parquet")
-'''
 
 
 def replay_trace(path: Path, frame: pl.DataFrame, streams: int) -> Path:
@@ -59,18 +41,11 @@ def replay_args(tmp_path: Path, frame: pl.DataFrame) -> list[str]:
 
 @pytest.fixture
 def fake_kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A ``kaggle_evaluation`` package on sys.path, with both competitions' servers."""
-    package = tmp_path / "pkgs" / "kaggle_evaluation"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    for module, cls in (("aimo_2_inference_server", "AIMO2InferenceServer"),
-                        ("aimo_3_inference_server", "AIMO3InferenceServer")):
-        (package / f"{module}.py").write_text(FAKE_SERVER.format(cls=cls))
-    monkeypatch.syspath_prepend(str(package.parent))
+    """The strict ``kaggle_evaluation`` stand-in (tests/standins/kaggle_evaluation) on sys.path:
+    the checks of the real 0.9.0 package, in-process; the working directory is ``tmp_path``."""
     monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    for name in [m for m in sys.modules if m.startswith("kaggle_evaluation")]:
-        del sys.modules[name]
+    with standin_packages():
+        yield tmp_path
 
 
 def test_help_explains_the_entry_point() -> None:
@@ -125,23 +100,30 @@ def test_kaggle_gateway_is_used_when_the_package_is_importable(
                  "--out", str(out)])
     assert code == 0
     written = pl.read_parquet(out)
-    assert sorted(written["id"]) == sorted(frame["id"])
-    assert written["answer"].to_list() == frame["answer"].cast(pl.Int64).to_list()
+    assert written.columns == ["id", "answer"]
+    assert dict(written.iter_rows()) == dict(zip(frame["id"], frame["answer"].cast(pl.Int64),
+                                                 strict=True))
 
 
 @pytest.mark.parametrize("profile", ["aimo2", "aimo3"])
 def test_a_competition_rerun_serves_kaggles_server(
     fake_kaggle: Path, monkeypatch: pytest.MonkeyPatch, profile: str
 ) -> None:
+    """In a rerun the server blocks while Kaggle's gateway (here the stand-in's) serves the
+    hidden test.csv; the gateway writes result.json and submission.parquet."""
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
-    frame = read_problems(REFERENCE).head(1)
-    args = replay_args(fake_kaggle, frame)
+    frame = read_problems(REFERENCE).head(3)
+    frame.drop("answer").write_csv(fake_kaggle / "hidden.csv")
+    monkeypatch.setenv("KAGGLE_EVALUATION_STANDIN_TEST_CSV", str(fake_kaggle / "hidden.csv"))
+    args = replay_args(fake_kaggle, frame.head(2))  # no script for the third: the fallback
     args[args.index("--profile") + 1] = profile
     assert main(args) == 0
-    served = pl.read_parquet(fake_kaggle / "served.parquet")
-    assert served["id"].to_list() == ["r1"]
-    assert served["answer"].dtype == pl.Int64  # no script for r1: the fallback answer, 0
-    assert served["answer"].to_list() == [0]
+    assert json.loads((fake_kaggle / "result.json").read_text()) == {"Succeeded": True}
+    served = pl.read_parquet(fake_kaggle / "submission.parquet")
+    assert served.schema == {"id": pl.String, "answer": pl.Int64}
+    expected = dict(zip(frame["id"], frame["answer"].cast(pl.Int64), strict=True))
+    expected[frame["id"][2]] = 0
+    assert dict(served.iter_rows()) == expected
 
 
 def test_startup_is_counted_from_the_notebook_or_the_entry_point(

@@ -115,6 +115,7 @@ def as_csv(path: Path, workdir: Path) -> Path:
 
 
 def serve(args: argparse.Namespace, entered_at: float | None = None) -> int:
+    from aimo_infer.kaggle import endpoint
     from aimo_infer.kaggle.gateway import kaggle_evaluation_available, kaggle_server, read_problems
     from aimo_infer.kaggle.gateway import run_gateway as run_local
     from aimo_infer.kaggle.predict import Predictor
@@ -138,7 +139,8 @@ def serve(args: argparse.Namespace, entered_at: float | None = None) -> int:
     try:
         predictor.start()
         if use_kaggle:
-            server = kaggle_server(predictor.predict, profile)
+            endpoint.bind(predictor)  # Kaggle's server takes a plain function named predict
+            server = kaggle_server(endpoint.predict, profile)
             if rerun:
                 server.serve()
                 return EXIT_OK
@@ -155,6 +157,7 @@ def serve(args: argparse.Namespace, entered_at: float | None = None) -> int:
         print(result.summary())
         return EXIT_OK
     finally:
+        endpoint.unbind()
         predictor.close()
         outcomes: dict[str, int] = {}
         for call in predictor.calls:
