@@ -67,10 +67,15 @@ class SolveConfig:
 
 @dataclass
 class BudgetConfig:
-    """Time budget (winning entry: 350 s base, at most 210 s from the shared buffer)."""
+    """Time budget (winning entry: 350 s base, at most 210 s from the shared buffer).
 
+    ``preset`` picks the rule (aimo_infer/kaggle/budget.py): nemo (base + capped bank draw)
+    or aimo3 (clamp(time_left - (problems_left - 1) x base, base, high_s))."""
+
+    preset: str = "nemo"
     base_s: float = 350.0
     max_extra_s: float = 210.0
+    high_s: float = 900.0  # aimo3: the most one problem may get
     total_s: float = 5 * 3600.0
     safety_margin_s: float = 600.0
     min_per_problem_s: float = 30.0
