@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +140,98 @@ def test_startup_is_counted_from_the_notebook_or_the_entry_point(
     assert 9.0 <= elapsed_before_s(time.time() - 10.0) < 60.0
     monkeypatch.setenv(STARTED_AT_ENV, str(time.time() - 300.0))
     assert 299.0 <= elapsed_before_s(time.time()) < 360.0
+
+
+def rerun_with(fake_kaggle: Path, monkeypatch: pytest.MonkeyPatch, rows: int) -> pl.DataFrame:
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    frame = read_problems(REFERENCE).head(rows)
+    frame.drop("answer").write_csv(fake_kaggle / "hidden.csv")
+    monkeypatch.setenv("KAGGLE_EVALUATION_STANDIN_TEST_CSV", str(fake_kaggle / "hidden.csv"))
+    return frame
+
+
+def test_the_server_starts_before_the_engine_has_loaded(
+    fake_kaggle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even with load = eager, the engine loads in the background after the server is up
+    (kaggle_evaluation core/relay.py:266-285: the gateway waits 900 s for the server only)."""
+    import importlib
+
+    from aimo_infer.backends import create_engine
+    from aimo_infer.kaggle import predict as predict_module
+
+    frame = rerun_with(fake_kaggle, monkeypatch, 2)
+    relay = importlib.import_module("kaggle_evaluation.core.relay")
+    server_up = threading.Event()
+    real_start = relay.Server.start
+
+    def start(self: object) -> None:
+        real_start(self)
+        server_up.set()
+
+    seen: list[bool] = []
+
+    def engine_factory(config: object) -> object:
+        seen.append(server_up.wait(timeout=30))  # an eager load would wait here in vain
+        return create_engine(config)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(relay.Server, "start", start)
+    monkeypatch.setattr(predict_module, "Predictor", functools.partial(
+        predict_module.Predictor, engine_factory=engine_factory))
+    assert main([*replay_args(fake_kaggle, frame), "--load", "eager"]) == 0
+    assert seen == [True]
+    assert json.loads((fake_kaggle / "result.json").read_text()) == {"Succeeded": True}
+    served = pl.read_parquet(fake_kaggle / "submission.parquet")
+    assert dict(served.iter_rows()) == dict(zip(frame["id"], frame["answer"].cast(pl.Int64),
+                                                strict=True))
+
+
+@pytest.mark.parametrize("bad", [["--config", "no/such.toml"], ["--streams", "0"],
+                                 ["--model", "no/such/trace.jsonl"]])
+def test_a_rerun_never_exits_nonzero_and_answers_every_problem(
+    fake_kaggle: Path, monkeypatch: pytest.MonkeyPatch, bad: list[str]
+) -> None:
+    """A broken config or engine in the rerun still gives a scored submission (fallbacks)."""
+    frame = rerun_with(fake_kaggle, monkeypatch, 3)
+    args = [*replay_args(fake_kaggle, frame)]
+    for flag, value in zip(bad[::2], bad[1::2], strict=True):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 0
+    assert json.loads((fake_kaggle / "result.json").read_text()) == {"Succeeded": True}
+    served = pl.read_parquet(fake_kaggle / "submission.parquet")
+    assert sorted(served["id"]) == sorted(frame["id"]) and served["answer"].to_list() == [0] * 3
+
+
+def test_validate_passes_when_the_engine_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    frame = read_problems(REFERENCE)  # --validate without --csv: the reference problems
+    code = main([*replay_args(tmp_path, frame), "--validate", "--gateway", "local",
+                 "--out", str(tmp_path / "submission.parquet")])
+    assert code == 0
+    assert "validate: passed (30/30" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("no/such/trace.jsonl", "the engine never became ready"),
+    (None, "every one of 3 answers was the fallback"),
+])
+def test_validate_fails_a_save_run_that_would_score_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    model: str | None, message: str
+) -> None:
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    frame = read_problems(REFERENCE).head(3)
+    frame.write_csv(tmp_path / "test.csv")
+    args = replay_args(tmp_path, frame.head(0))  # a trace with no script: no answers
+    if model is not None:
+        args[args.index("--model") + 1] = model
+    code = main([*args, "--validate", "--gateway", "local", "--csv", str(tmp_path / "test.csv"),
+                 "--out", str(tmp_path / "submission.parquet")])
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert pl.read_parquet(tmp_path / "submission.parquet")["answer"].to_list() == [0] * 3

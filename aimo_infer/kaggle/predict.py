@@ -183,6 +183,7 @@ class Predictor:
         self.budget = TimeBudget(config.budget, time.monotonic(), num_problems, elapsed_before_s)
         self.calls: list[CallRecord] = []
         self.restarts = 0
+        self.ever_ready = False  # an engine was loaded and handed to a call (or eagerly)
         self.ping_timeout_s = ping_timeout_s
         self._lock = threading.Lock()
         self._worker: LoopThread | None = None
@@ -210,6 +211,7 @@ class Predictor:
         self._ensure_loop()
         self._ready = self._submit(self._load(engine))
         self._ready.result(timeout=self.config.submission.load_timeout_s)
+        self.ever_ready = True
 
     def close(self) -> None:
         """Shut the engine and sandbox down, stop the loop thread, close the trace."""
@@ -337,6 +339,7 @@ class Predictor:
             ready = self._ensure_loading()
             try:
                 self._controller = ready.result(timeout=max(0.0, hard - time.monotonic()))
+                self.ever_ready = True
                 return self._controller
             except concurrent.futures.TimeoutError:
                 raise _Outcome("not_ready", "the engine is still loading") from None
