@@ -24,6 +24,7 @@ PLUGIN_COMMANDS: dict[str, str] = {
     "bundle": "aimo_infer.kaggle.bundle:add_bundle_parser",
     # Kaggle submission tools (aimo_infer/kaggle/)
     "budget": "aimo_infer.kaggle.budget_cli:add_budget_parser",
+    "serve-model": "aimo_infer.kaggle.launcher:add_serve_model_parser",
 }
 
 
