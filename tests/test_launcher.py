@@ -170,3 +170,18 @@ def test_serve_model_command_checks_readiness(tmp_path: Path, smollm2_gguf: Path
     assert cli_main(["serve-model", "--config", str(path), "--ready-only"]) == 0
     assert f"model server ready at http://127.0.0.1:{port}" in capsys.readouterr().out
     assert not port_open(port)
+
+
+def test_the_kaggle_configs_pair_the_server_and_the_engine() -> None:
+    """configs/kaggle-model-server.toml starts vLLM where kaggle-aimo3-server.toml looks."""
+    from aimo_infer.backends.openai import OpenAIOptions
+    from aimo_infer.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    server = load_server_config(root / "kaggle-model-server.toml")
+    engine = load_config(root / "kaggle-aimo3-server.toml").engine
+    options = OpenAIOptions.parse(engine.options)
+    assert server.kind == "vllm" and server.model.startswith("/kaggle/input/")
+    assert options.urls == (f"http://{server.host}:{server.port}/v1",)
+    assert engine.name == "openai" and engine.model == server.served_model_name
+    assert options.wait_ready_s >= server.ready_timeout_s  # the engine outwaits the server

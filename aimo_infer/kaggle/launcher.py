@@ -258,6 +258,8 @@ def add_serve_model_parser(sub: argparse._SubParsersAction) -> None:  # type: ig
     )
     p.add_argument("--config", metavar="FILE", required=True,
                    help="TOML file with a [model_server] table")
+    p.add_argument("--model", metavar="PATH",
+                   help="model path (overrides model_server.model), e.g. a /kaggle/input mount")
     p.add_argument("--ready-only", action="store_true",
                    help="stop the server once it is ready (a check that it starts)")
     p.set_defaults(func=_cmd_serve_model)
@@ -265,6 +267,8 @@ def add_serve_model_parser(sub: argparse._SubParsersAction) -> None:  # type: ig
 
 def _cmd_serve_model(args: argparse.Namespace) -> int:
     cfg = load_server_config(args.config)
+    if args.model:
+        cfg.model = args.model
     server = ModelServer(cfg)
     with _stop_on_signals(server):
         try:

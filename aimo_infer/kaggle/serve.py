@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or budget.num_problems in a rerun)")
     parser.add_argument("--validate", action="store_true",
                         help="save run check (ignored in a rerun): exit 1 when the engine never "
-                        "became ready or every answer was the fallback; without --csv, runs "
-                        "the packaged reference problems")
+                        "became ready or every answer was the fallback; without --csv: the "
+                        "competition's test.csv, else the packaged reference problems")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
 
@@ -107,11 +107,11 @@ def problem_file(args: argparse.Namespace, profile: str) -> Path:
 
     if args.csv:
         return Path(args.csv)
-    if getattr(args, "validate", False):
-        return REFERENCE_PROBLEMS
     default = Path(COMPETITION_DIRS[profile], "test.csv")
     if default.is_file():
         return default
+    if getattr(args, "validate", False):
+        return REFERENCE_PROBLEMS
     raise ConfigError(f"no problem file: pass --csv (the default {default} does not exist)")
 
 
