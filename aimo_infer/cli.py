@@ -22,6 +22,9 @@ PLUGIN_COMMANDS: dict[str, str] = {
     "report": "aimo_infer.evaluate.report:add_report_parser",
     "simulate": "aimo_infer.evaluate.simulate_cli:add_simulate_parser",
     "bundle": "aimo_infer.kaggle.bundle:add_bundle_parser",
+    # Kaggle submission tools (aimo_infer/kaggle/)
+    "budget": "aimo_infer.kaggle.budget_cli:add_budget_parser",
+    "serve-model": "aimo_infer.kaggle.launcher:add_serve_model_parser",
 }
 
 

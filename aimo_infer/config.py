@@ -69,10 +69,15 @@ class SolveConfig:
 
 @dataclass
 class BudgetConfig:
-    """Time budget (winning entry: 350 s base, at most 210 s from the shared buffer)."""
+    """Time budget (winning entry: 350 s base, at most 210 s from the shared buffer).
 
+    ``preset`` picks the rule (aimo_infer/kaggle/budget.py): nemo (base + capped bank draw)
+    or aimo3 (clamp(time_left - (problems_left - 1) x base, base, high_s))."""
+
+    preset: str = "nemo"
     base_s: float = 350.0
     max_extra_s: float = 210.0
+    high_s: float = 900.0  # aimo3: the most one problem may get
     total_s: float = 5 * 3600.0
     safety_margin_s: float = 600.0
     min_per_problem_s: float = 30.0
@@ -254,12 +259,18 @@ def read_toml(path: Path, what: str, error: type[ValueError] = ConfigError) -> d
         raise error(f"{path}: not valid TOML ({exc})") from exc
 
 
+MODEL_SERVER_TABLE = "model_server"
+
+
 def load_config(path: str | Path | None) -> Config:
     """Load a TOML config file; None gives the defaults."""
     if path is None:
         return Config()
     p = Path(path)
     data = read_toml(p, "config file", ConfigError)
+    # A recipe may also hold the model server that the launcher starts (``aimo-infer
+    # serve-model``, which checks that table); the harness itself does not read it.
+    data.pop(MODEL_SERVER_TABLE, None)
     try:
         return config_from_dict(data)
     except ConfigError as exc:

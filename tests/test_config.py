@@ -17,6 +17,7 @@ from aimo_infer.config import (
     load_config,
     validate_config,
 )
+from aimo_infer.kaggle.launcher import load_server_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +58,8 @@ def test_the_defaults_and_the_shipped_configs_are_in_range() -> None:
     assert shipped
     for path in shipped:
         load_config(path)
+        if "[model_server]" in path.read_text():
+            load_server_config(path)
 
 
 def test_profile_names_are_the_extractors() -> None:

@@ -51,7 +51,8 @@ def test_each_problem_is_recorded_with_its_budget(tmp_path: Path) -> None:
         assert len(r.streams) == 12 and r.used_s <= r.deadline_s < r.allotted_s
         assert r.correct == (r.answer == int(r.reference))  # type: ignore[arg-type]
         assert all(s.correct == (s.answer == int(r.reference)) for s in r.streams)  # type: ignore[arg-type]
-    assert records[0].allotted_s == 350.0 and records[0].extra_s == 0.0
+    # 5 h / 50 less the 600 s margin is 348 s a problem: nemo scales its 350 s base down to it
+    assert records[0].allotted_s == pytest.approx(348.0) and records[0].extra_s == 0.0
     assert records[1].bank_before_s == records[0].bank_after_s > 0
     assert records[1].extra_s == min(210.0, records[0].bank_after_s)
     events = list(read_trace(tmp_path / "traces.jsonl"))

@@ -14,6 +14,11 @@ comments dropped) and run in README order in a scratch directory laid out like a
 - ``aimo-infer models prepare``: parsed and its options checked (a real prepare converts the
   model: minutes);
 - ``aimo-infer bundle``: run with ``--dry-run`` appended (prints the plan, downloads nothing);
+- ``aimo-infer budget``: run for real (pure arithmetic);
+- ``aimo-infer serve-model``: parsed and its ``[model_server]`` table loaded and checked (it
+  would start a GPU model server);
+- ``kaggle ...``: the real kaggle CLI without credentials: it must get past its argument parser
+  and stop at authentication;
 - ``aimo-infer --help`` and ``python SCRIPT --help``: run, exit 0;
 - ``python submission.py`` with a config: parsed, the config loaded and checked and the problem
   file read, as the entry point does before it starts the engine;
@@ -130,10 +135,16 @@ def _check_aimo_infer(argv: list[str], workdir: Path) -> str | None:
         args = [*args, "--draws", "2"]  # per-sample traces
     elif command == "bundle":
         args = [*args, "--dry-run"]
+    elif command == "serve-model":  # starts a GPU model server: parse and check its config
+        from aimo_infer.kaggle.launcher import load_server_config
+
+        parsed = build_parser().parse_args(args)
+        load_server_config(parsed.config)
+        return None
     elif command == "models":
         parsed = build_parser().parse_args(args)
         return None if callable(parsed.func) else "no function for the command"
-    elif command not in ("--help", "report", "simulate"):
+    elif command not in ("--help", "report", "simulate", "budget"):
         return f"no check for 'aimo-infer {command}': add one to tests/test_readme.py"
     code, err = _run_main(args)
     return None if code == 0 else f"exit {code}: {err.strip()[-300:]}"
@@ -185,7 +196,23 @@ def _check_entry_point(argv: list[str], workdir: Path) -> str | None:
     return _check_aimo_infer(argv, workdir)
 
 
+def _check_kaggle(argv: list[str], workdir: Path) -> str | None:
+    """The real kaggle CLI with no credentials: a command it parses stops at authentication,
+    one it does not parse stops in argparse with exit 2 (nothing is uploaded either way)."""
+    home = workdir / "no-kaggle-home"
+    home.mkdir(exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "KAGGLE_CONFIG_DIR": str(home)}
+    code = "import sys; from kaggle.cli import main; sys.argv[0] = 'kaggle'; main()"
+    proc = subprocess.run([sys.executable, "-c", code, *argv[1:]], capture_output=True,
+                          text=True, timeout=120, cwd=workdir, env=env)
+    out = proc.stdout + proc.stderr
+    if proc.returncode == 2 or "error:" in out:
+        return f"kaggle CLI: {out.strip().splitlines()[-1]}"
+    return None if "access_token" in out or "authenticate" in out.lower() else out[-300:]
+
+
 CHECKS: dict[str, Callable[[list[str], Path], str | None]] = {
+    "kaggle": _check_kaggle,
     "aimo-infer": _check_entry_point,
     "python": _check_python,
     "bash": _check_bash,
@@ -238,6 +265,8 @@ def test_every_readme_command_runs_as_typed(fresh_clone: Path) -> None:
     (".venv/bin/aimo-infer nosuch", "no check for 'aimo-infer nosuch'"),
     ("bash scripts/nosuch.sh", "no such script"),
     ("make all", "no check for 'make' commands"),
+    ("kaggle datasets create -p bundle/ --dir-mode zipped", "kaggle CLI: "),
+    (".venv/bin/aimo-infer serve-model --config configs/cpu-default.toml", "no [model_server]"),
 ])
 def test_a_broken_command_is_caught(fresh_clone: Path, command: str, reason: str) -> None:
     why = check_command(command, fresh_clone)
