@@ -411,9 +411,9 @@ class Controller:
             if block is None:  # the model wrote an output marker itself: see tir.py
                 marker_at = max(i for m in output_markers(fmt)
                                 if (i := stream.text.rfind(m, segment_start)) >= 0)
-                stream.text = stream.text[:marker_at]
                 block = (loose_code_block(stream.text, segment_start, marker_at)
                          or CodeBlock("", marker_at, marker_at))
+                stream.text = stream.text[: block.end]  # the marker (and any output) dropped
             if code_limit_reached(stream.num_code_calls, tir.max_code_calls):
                 stream.end = "code_limit"
                 break
