@@ -258,3 +258,25 @@ def test_answers_come_from_the_model_not_from_code_or_its_output(
     assert runner.calls == [code + "\n"]
     assert "\\boxed{5}" in result.streams[0].text
     assert result.answer == expected
+
+
+def test_a_resumed_trace_replays_the_last_attempt(tmp_path: Path) -> None:
+    """A run killed mid-problem and resumed writes the problem twice; the replay engine uses
+    the last attempt (the killed one made a code call the finished one did not)."""
+    s = seeds(2)
+    killed = {s[0]: ["Try\n```python\nprint(3)\n```", " so \\boxed{3}"], s[1]: ["\\boxed{3}"]}
+    final = {s[0]: ["Direct: \\boxed{4}"], s[1]: ["Also \\boxed{4}"]}
+    runner = ScriptedRunner({"print(3)": ExecResult("ok", "3\n", "", 0.01)})
+    trace = tmp_path / "trace.jsonl"
+    with TraceWriter(trace) as tracer:
+        solve(ReplayEngine(killed), config(n=2), runner, tracer=tracer)
+    lines = trace.read_text().splitlines(keepends=True)
+    first_code = next(i for i, ln in enumerate(lines) if '"event": "code"' in ln)
+    trace.write_text("".join(lines[: first_code + 1]))  # killed right after the code cell
+    with TraceWriter(trace) as tracer:
+        ran = solve(ReplayEngine(final), config(n=2), runner, tracer=tracer)
+    replayed = ReplayEngine.from_config(EngineConfig("replay", str(trace), {"problem_id": PID}))
+    again = solve(replayed, config(n=2), runner)
+    assert [st.num_code_calls for st in again.streams] == [0, 0]
+    assert [st.text for st in again.streams] == [st.text for st in ran.streams]
+    assert again.answer == ran.answer == 4
