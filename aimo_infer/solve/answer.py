@@ -115,6 +115,10 @@ def extract_boxed(text: str) -> str | None:
     starts = [m.end() for m in _BOX_RE.finditer(text)]
     if not starts:
         return None
+    closing = _brace_matches(text, starts[-1])  # the usual case: the last box is closed
+    content = _box_content(text, starts[-1], closing)
+    if content is not None or len(starts) == 1:
+        return content
     closing = _brace_matches(text, starts[0])
     for start in reversed(starts):
         content = _box_content(text, start, closing)
