@@ -9,6 +9,7 @@ cannot hide a failure. benchmarks/solve_overrun.py measures the overruns themsel
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -194,3 +195,30 @@ def test_solve_command_returns_on_time_when_the_engine_ignores_cancel(
     assert "12" in capsys.readouterr().out
     assert engine.cancel_calls  # it was asked, and ignored it
     assert overrun < cut_grace(DEADLINE_IN_S) + LEFTOVER_GRACE_S + LIVENESS_SLACK_S
+
+
+def test_dryrun_command_returns_on_time_when_the_engine_ignores_cancel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``aimo-infer dryrun`` too: each problem ends within its window plus the grace, and the
+    command exits although the streams never end."""
+
+    class Stubborn(SwallowsCancellation):
+        async def shutdown(self) -> None:
+            pass
+
+    engine = Stubborn()
+    monkeypatch.setattr("aimo_infer.runtime.create_engine", lambda _: engine)
+    dataset = tmp_path / "set.jsonl"
+    dataset.write_text('{"id": "a", "problem": "What is 6 + 6?", "answer": "12"}\n')
+    per_problem_s = 1.0
+    start = time.monotonic()
+    code = main(["dryrun", str(dataset), "--prompt", "cot", "--streams", "2", "--quiet",
+                 "--no-report", "--per-problem-s", str(per_problem_s),
+                 "--out", str(tmp_path / "run")])
+    elapsed = time.monotonic() - start
+    assert code == 0
+    results = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").open()]
+    assert [r["answer"] for r in results] == [12]
+    assert engine.cancel_calls
+    assert elapsed < per_problem_s + LEFTOVER_GRACE_S + LIVENESS_SLACK_S
