@@ -329,6 +329,23 @@ def test_a_wedged_engine_is_replaced_after_the_watchdog(chaos: Chaos) -> None:
         assert p.restarts == 1 and chaos.loads == 2
 
 
+def test_a_wedged_engine_cut_by_the_solve_loop_is_replaced(chaos: Chaos) -> None:
+    """The solve loop abandons streams that will not end and returns before the watchdog;
+    the predictor still drains the engine, and reloads it when it will not drain."""
+    cfg = chaos_config(base_s=1.0)
+    cfg.submission.return_margin_s = 0.01  # the watchdog comes well after the solve's grace
+    cfg.submission.restart_timeout_s = 0.1
+    with make_predictor(chaos, cfg) as p:
+        row = call(p, chaos, "wedge", 3)
+        assert assert_valid_row(row, "p") == p.fallback
+        assert p.calls[-1].outcome == "no_answer"
+        for i in range(10):  # the reload runs in the background; a call may come first
+            if call(p, chaos, "ok", 4 + i).item(0, "answer") == 4 + i:
+                break
+        assert p.calls[-1].outcome == "answered"
+        assert p.restarts == 1 and chaos.loads == 2
+
+
 def test_a_blocked_event_loop_is_abandoned_for_a_fresh_one(predictor: Predictor,
                                                            chaos: Chaos) -> None:
     chaos.block_s = 1.0
