@@ -22,7 +22,7 @@ T = TypeVar("T")
 # How long tear-down steps may take before they are left behind (an engine whose shutdown hangs,
 # a stream task that swallows cancellation): a command must not outlive its deadline for them.
 TEARDOWN_GRACE_S = 5.0
-LEFTOVER_GRACE_S = 1.0
+LEFTOVER_GRACE_S = 0.5
 
 
 async def bounded(step: Awaitable[object], seconds: float, what: str) -> None:
@@ -47,12 +47,16 @@ def run_bounded(main: Coroutine[Any, Any, T], leftover_s: float = LEFTOVER_GRACE
             leftover = asyncio.all_tasks(loop)
             for task in leftover:
                 task.cancel()
-            for step in (asyncio.wait(leftover, timeout=leftover_s) if leftover else None,
-                         loop.shutdown_asyncgens()):
-                if step is not None:
-                    loop.run_until_complete(bounded(step, leftover_s, "tear-down"))
-            for task in asyncio.all_tasks(loop):
-                log.warning("dropping a task that would not end: %s", task.get_coro())
+            if leftover:
+                loop.run_until_complete(asyncio.wait(leftover, timeout=leftover_s))
+            dropped = asyncio.all_tasks(loop)
+            if dropped:
+                log.warning("dropping %d task(s) that would not end", len(dropped))
+                # their destruction and their generators' failed closes are that, not errors
+                loop.set_exception_handler(lambda _, context: log.debug("%s", context))
+            else:
+                loop.run_until_complete(bounded(loop.shutdown_asyncgens(), leftover_s,
+                                                "closing async generators"))
         finally:
             loop.close()
 
