@@ -134,9 +134,12 @@ def test_policy_cut_also_abandons_a_stream_that_will_not_end() -> None:
     [RuntimeError("decoder crashed"), asyncio.CancelledError(), SystemExit(3)],
     ids=["runtime-error", "cancelled-error", "system-exit"],
 )
-def test_an_engine_raising_keeps_what_it_streamed(exc: BaseException) -> None:
+def test_an_engine_raising_keeps_what_it_streamed(exc: BaseException, tmp_path: Path) -> None:
     engine = RaisesAfterText(exc)
-    result = run(engine, deadline_in=None)
+    with TraceWriter(tmp_path / "trace.jsonl") as tracer:
+        result = run(engine, deadline_in=None, tracer=tracer)
+    segments = [e for e in read_trace(tmp_path / "trace.jsonl") if e["event"] == "segment"]
+    assert [(e["text"], e["tokens"]) for e in segments] == [("So \\boxed{7}. Checking ", 5)] * 3
     assert result.stop_reason == "all finished"
     for stream in result.streams:
         assert stream.end == "error"
