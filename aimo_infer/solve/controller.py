@@ -259,8 +259,9 @@ class Controller:
             live.finish = "cancelled"
             self._commit(problem_id, snapshot, live)
         live.frozen = True
-        snapshot.error = snapshot.error or "the stream did not end after cancel"
-        self._finish(problem_id, snapshot)
+        if stream.status is not StreamStatus.FINISHED:  # else stuck closing its sandbox session
+            snapshot.error = snapshot.error or "the stream did not end after cancel"
+            self._finish(problem_id, snapshot)
         return snapshot
 
     def _drop(self, tasks: dict[asyncio.Task[None], Stream]) -> None:
