@@ -366,7 +366,7 @@ def test_the_engine_starts_with_the_servers_that_answer(stand_ins: list[StandIn]
 
 
 @pytest.mark.parametrize(("status", "retry_after"), [(503, "1"), (503, None), (429, "0"),
-                                                     (429, None)])
+                                                     (429, None), (502, None)])
 def test_a_refused_request_goes_to_the_next_server_which_is_then_preferred(
     stand_ins: list[StandIn], status: int, retry_after: str | None
 ) -> None:
@@ -426,3 +426,21 @@ def test_a_connect_timeout_goes_to_the_next_server(stand_ins: list[StandIn]) -> 
 
     assert asyncio.run(body()) == [("alpha beta", 2, "length")] * 3
     assert (len(stand_ins[0].bodies), len(stand_ins[1].bodies)) == (0, 3)
+
+
+def test_a_failing_server_is_tried_last_after_its_error(stand_ins: list[StandIn]) -> None:
+    """HTTP 500 is an error for that request (not retried: it may be the request's fault),
+    but the server that answered it is not chosen first again for a while."""
+    failing, healthy = stand_ins
+    failing.status = 500
+    engine = _engine([failing.url, healthy.url])
+
+    async def body() -> list[str | None]:
+        finishes = [(await _collect(engine, GenerationRequest(f"r{i}", prompt="p",
+                                                              max_tokens=2)))[2]
+                    for i in range(4)]
+        await engine.shutdown()
+        return finishes
+
+    assert asyncio.run(body()) == ["error", "length", "length", "length"]
+    assert (len(failing.bodies), len(healthy.bodies)) == (1, 3)

@@ -20,9 +20,10 @@ Cancelling closes the HTTP stream; servers abort a request whose client went awa
 Every frame is checked (``check_chunk``): a frame of an unexpected shape ends its request with
 an error at once. A finish chunk is delivered when it arrives, without waiting for ``[DONE]``.
 Several servers: the engine starts with those that answer ``/v1/models``; a request refused
-before its first byte (HTTP 429 or 503, a connect error or timeout) is sent to the next server,
-and a server that refused is tried last for a while (a back-off, or its longer ``Retry-After``), so
-that least-loaded routing does not keep choosing a server that fails fast.
+before its first byte (HTTP 429, 502, 503, 504, a connect error or timeout) is sent to the next
+server, and a server that refused or failed (5xx) is tried last for a while (a back-off, or its
+longer ``Retry-After``), so that least-loaded routing does not keep choosing a server that fails
+fast.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ FLAVOURS: dict[str, Flavour] = {
 }
 _OWNED_BY = {"vllm": "vllm", "tensorrt_llm": "trtllm", "sglang": "sglang", "me": "llama-cpp-python"}
 _CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "n_ctx", "max_seq_len")
-RETRY_STATUSES = frozenset({429, 503})  # the server refused the request: another may take it
+# The server (or a proxy before it) refused the request before any byte: another may take it.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_ROUNDS = 2  # passes over the servers before a refused request is an error
 MAX_RETRY_WAIT_S = 5.0  # the longest Retry-After honoured between passes
 BACKOFF_S = 1.0  # a refusing server without Retry-After is tried last for 1, 2, 4... s
@@ -405,7 +407,6 @@ class OpenAIEngine(Engine):
                 endpoint.in_flight += 1
                 try:
                     await self._stream(endpoint, body, request, running)
-                    endpoint.served()
                     return
                 except _Refused as exc:  # refused before the first byte: the next server
                     last_error = f"{endpoint.url}: {exc}"
@@ -438,9 +439,12 @@ class OpenAIEngine(Engine):
                 raise _Refused(f"HTTP {resp.status_code}",
                                retry_after_s(resp.headers.get("retry-after")))
             if resp.status_code != 200:
+                if resp.status_code >= 500:  # a failing server: the others first for a while
+                    endpoint.refused(None)
                 detail = (await resp.aread()).decode(errors="replace")[:500]
                 self._deliver(running, StreamDelta("", 0, "error", f"HTTP {resp.status_code}: {detail}"))
                 return
+            endpoint.served()
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
                     continue
