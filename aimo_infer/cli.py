@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import sys
@@ -112,7 +111,7 @@ def _add_solve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def _cmd_solve(args: argparse.Namespace) -> int:
     from aimo_infer.evaluate.report_console import print_problem_result
-    from aimo_infer.runtime import harness
+    from aimo_infer.runtime import harness, run_bounded
     from aimo_infer.traces import TraceWriter
 
     cfg = config_from_args(args)
@@ -131,7 +130,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     try:
-        return asyncio.run(run())
+        return run_bounded(run())
     finally:
         if tracer is not None:
             tracer.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
@@ -15,6 +17,48 @@ from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# How long tear-down steps may take before they are left behind (an engine whose shutdown hangs,
+# a stream task that swallows cancellation): a command must not outlive its deadline for them.
+TEARDOWN_GRACE_S = 5.0
+LEFTOVER_GRACE_S = 0.5
+
+
+async def bounded(step: Awaitable[object], seconds: float, what: str) -> None:
+    """Await ``step`` for at most ``seconds``; a failure or a hang is logged, not raised."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        log.warning("%s did not finish in %.1f s; leaving it behind", what, seconds)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("%s failed: %s", what, task.exception())
+
+
+def run_bounded(main: Coroutine[Any, Any, T], leftover_s: float = LEFTOVER_GRACE_S) -> T:
+    """``asyncio.run(main)``, except that tasks still running when ``main`` returns (a stream
+    that swallows cancellation) get ``leftover_s`` to end and are then dropped, not awaited
+    forever: the command returns when its work is done."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            leftover = asyncio.all_tasks(loop)
+            for task in leftover:
+                task.cancel()
+            if leftover:
+                loop.run_until_complete(asyncio.wait(leftover, timeout=leftover_s))
+            dropped = asyncio.all_tasks(loop)
+            if dropped:
+                log.warning("dropping %d task(s) that would not end", len(dropped))
+                # their destruction and their generators' failed closes are that, not errors
+                loop.set_exception_handler(lambda _, context: log.debug("%s", context))
+            else:
+                loop.run_until_complete(bounded(loop.shutdown_asyncgens(), leftover_s,
+                                                "closing async generators"))
+        finally:
+            loop.close()
 
 
 def make_runner(tir: TIRConfig) -> CodeRunner:
@@ -52,6 +96,6 @@ async def harness(
         yield Controller(engine, runner, config, tracer)
     finally:
         if runner is not None:
-            await runner.close()
+            await bounded(runner.close(), TEARDOWN_GRACE_S, "sandbox close")
         if own_engine and engine is not None:
-            await engine.shutdown()
+            await bounded(engine.shutdown(), TEARDOWN_GRACE_S, "engine shutdown")

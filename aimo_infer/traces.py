@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -122,3 +122,16 @@ def read_trace(path: str | Path) -> Iterator[dict[str, Any]]:
         if not isinstance(event, dict):
             raise ValueError(f"{path}:{number}: not a JSON event (got {type(event).__name__})")
         yield event
+
+
+def latest_attempts(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events of each problem's last attempt: a problem started again (a dry run resumed
+    after a kill) supersedes the events of its earlier attempts, which are dropped so that a
+    replay reproduces what ran last. Events without a problem id are kept."""
+    events = list(events)
+    last_start: dict[object, int] = {}
+    for index, event in enumerate(events):
+        if event.get("event") == "problem_start":
+            last_start[event.get("problem_id")] = index
+    return [event for index, event in enumerate(events)
+            if "problem_id" not in event or index >= last_start.get(event["problem_id"], -1)]

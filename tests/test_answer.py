@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from aimo_infer.solve.answer import PROFILES, extract_answer, extract_boxed, parse_integer
+from aimo_infer.solve.answer import (
+    PROFILES,
+    extract_answer,
+    extract_boxed,
+    parse_integer,
+    prose,
+)
 
 # (text, expected answer under the aimo3 profile)
 AIMO3_CASES = [
@@ -71,6 +77,22 @@ AIMO3_CASES = [
     pytest.param("The answer is 3. Thus \\boxed{4}", 4, id="box-beats-stated"),
     pytest.param("The answer is 3. So **8**", 8, id="bold-beats-stated"),
     pytest.param("The answer is x+1, where x = 4.", None, id="stated-non-integer-ignored"),
+    pytest.param(r"\boxed{\$450}", 450, id="escaped-dollar-sign"),
+    pytest.param(r"\boxed{450\text{ dollars}}", 450, id="unit-in-text-wrapper"),
+    pytest.param(r"\boxed{\sqrt{16}}", 4, id="exact-square-root"),
+    pytest.param(r"\boxed{\sqrt{15}}", None, id="inexact-root-not-an-integer"),
+    pytest.param(r"\boxed{2\sqrt{9} + \frac{10}{5}}", 8, id="exact-expression"),
+    pytest.param(r"\boxed{\sqrt[3]{27}}", 3, id="cube-root"),
+    pytest.param(r"\boxed{\binom{10}{3}}", 120, id="binomial"),
+    pytest.param(r"\boxed{5!}", 120, id="factorial"),
+    pytest.param(r"\boxed{2^{-1} \cdot 4}", 2, id="negative-power-exact"),
+    pytest.param(r"\boxed{1000!}", None, id="huge-factorial-out-of-range"),
+    pytest.param(r"\boxed{\text{(C) } 14}", 14, id="choice-label"),
+    pytest.param(r"\boxed{(C)}", None, id="choice-letter-alone"),
+    pytest.param(r"\boxed{7} so for general n it is \boxed{n+1}", None,
+                 id="invalid-last-box-decides"),
+    pytest.param("\\boxed{5} " + "\\boxed{" * 30_000, 5, id="30k-unclosed-boxes"),
+    pytest.param("\\boxed{" + "{" * 2000 + "9" + "}" * 2000 + "}", None, id="deep-braces-too-long"),
 ]
 
 
@@ -113,6 +135,15 @@ FREE_CASES = [
 @pytest.mark.parametrize(("text", "expected"), FREE_CASES)
 def test_extract_free(text: str, expected: int | str | None) -> None:
     assert extract_answer(text, "free") == expected
+
+
+def test_prose_hides_code_and_output_spans() -> None:
+    text = 'So \\boxed{3}.\n```python\nprint("\\\\boxed{5}")\n```\n```output\n\\boxed{5}\n```\nDone.'
+    code = text.index("```python")
+    end = text.index("Done.")
+    assert extract_answer(text) == 5  # the raw text would take the sandbox's box
+    assert extract_answer(prose(text, [(code, end)])) == 3
+    assert prose("abcdef", [(1, 3), (2, 4)]) == "a\nef"
 
 
 def test_free_integers_are_int_type() -> None:

@@ -6,9 +6,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from aimo_infer.backends.replay import ReplayEngine, ReplaySegment
 from aimo_infer.config import Config, EngineConfig
 from aimo_infer.solve.controller import Controller, ProblemResult, stream_seed
+from aimo_infer.solve.tir import NO_CODE_FEEDBACK
 from aimo_infer.traces import TraceWriter, read_trace
 from sandbox.api import ExecResult
 from tests.fakes import ScriptedRunner
@@ -210,3 +213,70 @@ def test_cot_profile_needs_no_sandbox() -> None:
     result = asyncio.run(go())
     assert result.answer == 8
     assert all(st.num_code_calls == 0 for st in result.streams)
+
+
+@pytest.mark.parametrize("honour_stop", [True, False], ids=["engine-stops", "engine-misses"])
+def test_imagined_output_is_dropped_and_the_model_told_no_code_ran(honour_stop: bool) -> None:
+    seed = seeds(1)[0]
+    imagined = "I recall the value.\n```output\n41\n```\nSo \\boxed{41}."
+    engine = ReplayEngine({seed: [imagined, " Let me compute it: \\boxed{42}."]},
+                          honour_stop=honour_stop)
+    runner = ScriptedRunner()
+    result = solve(engine, config(n=1), runner)
+    stream = result.streams[0]
+    assert runner.calls == []  # there was no code to run
+    assert [c.status for c in stream.code_calls] == ["no_code"]
+    assert stream.text.startswith("I recall the value.\n\n```output\n" + NO_CODE_FEEDBACK)
+    assert "41" not in stream.text
+    assert stream.end == "stop" and result.answer == 42
+    assert engine.num_running() == 0
+
+
+def test_a_py_tagged_block_before_an_output_block_is_run() -> None:
+    seed = seeds(1)[0]
+    engine = ReplayEngine({seed: ["Compute:\n```py\nprint(6*7)\n```\n```output\n41\n```",
+                                  " so \\boxed{42}."]})
+    runner = ScriptedRunner({"print(6*7)": ExecResult("ok", "42\n", "", 0.01)})
+    result = solve(engine, config(n=1), runner)
+    stream = result.streams[0]
+    assert runner.calls == ["print(6*7)\n"]
+    assert stream.code_calls[0].feedback == "42"
+    assert "```py\nprint(6*7)\n```\n```output\n42\n```\n so \\boxed{42}." in stream.text
+    assert result.answer == 42
+
+
+@pytest.mark.parametrize(("before", "expected"), [("", None), ("Guess \\boxed{3}. ", 3)],
+                         ids=["no-model-box", "model-box-before-code"])
+def test_answers_come_from_the_model_not_from_code_or_its_output(
+    before: str, expected: int | None
+) -> None:
+    seed = seeds(1)[0]
+    code = "print('\\\\boxed{5}')"
+    engine = ReplayEngine({seed: [f"{before}Check:\n```python\n{code}\n```", " Done."]})
+    runner = ScriptedRunner({code: ExecResult("ok", "\\boxed{5}\n", "", 0.01)})
+    result = solve(engine, config(n=1), runner)
+    assert runner.calls == [code + "\n"]
+    assert "\\boxed{5}" in result.streams[0].text
+    assert result.answer == expected
+
+
+def test_a_resumed_trace_replays_the_last_attempt(tmp_path: Path) -> None:
+    """A run killed mid-problem and resumed writes the problem twice; the replay engine uses
+    the last attempt (the killed one made a code call the finished one did not)."""
+    s = seeds(2)
+    killed = {s[0]: ["Try\n```python\nprint(3)\n```", " so \\boxed{3}"], s[1]: ["\\boxed{3}"]}
+    final = {s[0]: ["Direct: \\boxed{4}"], s[1]: ["Also \\boxed{4}"]}
+    runner = ScriptedRunner({"print(3)": ExecResult("ok", "3\n", "", 0.01)})
+    trace = tmp_path / "trace.jsonl"
+    with TraceWriter(trace) as tracer:
+        solve(ReplayEngine(killed), config(n=2), runner, tracer=tracer)
+    lines = trace.read_text().splitlines(keepends=True)
+    first_code = next(i for i, ln in enumerate(lines) if '"event": "code"' in ln)
+    trace.write_text("".join(lines[: first_code + 1]))  # killed right after the code cell
+    with TraceWriter(trace) as tracer:
+        ran = solve(ReplayEngine(final), config(n=2), runner, tracer=tracer)
+    replayed = ReplayEngine.from_config(EngineConfig("replay", str(trace), {"problem_id": PID}))
+    again = solve(replayed, config(n=2), runner)
+    assert [st.num_code_calls for st in again.streams] == [0, 0]
+    assert [st.text for st in again.streams] == [st.text for st in ran.streams]
+    assert again.answer == ran.answer == 4

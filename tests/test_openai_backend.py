@@ -42,6 +42,14 @@ class StandIn:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     disconnects: int = 0
     server: ThreadingHTTPServer | None = None
+    # Misbehaviour, as real servers show it: a status that refuses the request (vLLM's 503 when
+    # its queue is full, a proxy's 429), raw frames in place of the documented ones, and a
+    # connection held open after the finish chunk (no [DONE] until ``release`` is set).
+    status: int = 200
+    retry_after: str | None = None
+    raw_frames: list[str] | None = None
+    hold_open: bool = False
+    release: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
@@ -85,16 +93,28 @@ def _handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             stand_in.bodies.append(body)
+            if stand_in.status != 200:
+                raw = b'{"error": "server busy"}'
+                self.send_response(stand_in.status)
+                if stand_in.retry_after is not None:
+                    self.send_header("Retry-After", stand_in.retry_after)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+                return
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Connection", "close")
             self.end_headers()
             try:
-                for frame in stand_in.frames(body):
-                    self.wfile.write(f"data: {json.dumps(frame)}\n\n".encode())
+                frames = stand_in.raw_frames or [json.dumps(f) for f in stand_in.frames(body)]
+                for frame in frames:
+                    self.wfile.write(f"data: {frame}\n\n".encode())
                     self.wfile.flush()
                     if stand_in.delay_s:
                         threading.Event().wait(stand_in.delay_s)
+                if stand_in.hold_open:
+                    stand_in.release.wait(30)
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
@@ -114,6 +134,7 @@ def stand_ins() -> Iterator[list[StandIn]]:
         threads[-1].start()
     yield servers
     for s, t in zip(servers, threads, strict=True):
+        s.release.set()
         assert s.server is not None
         s.server.shutdown()
         s.server.server_close()
@@ -276,3 +297,150 @@ def test_llama_server_flavour_and_concurrent_requests(llama_server: Any) -> None
         await engine.shutdown()
 
     asyncio.run(body())
+
+
+# --- misbehaving servers ------------------------------------------------------------------------
+
+LIVENESS_S = 10.0  # a hang would last the read timeout (600 s) or for ever; no timing asserted
+
+
+def _chunk(choice: object) -> str:
+    return json.dumps({"choices": [choice]})
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ["null", "[1, 2]", '"text"', "5", '{"choices": {"0": {"text": "a"}}}', '{"choices": [null]}',
+     _chunk({"index": 0, "text": 5}), _chunk({"index": 0, "text": "a", "finish_reason": 1}),
+     _chunk({"index": 1, "text": "a"}), _chunk({"index": "0", "text": "a"}),
+     '{"choices": [], "usage": [3]}', "{not json"],
+    ids=["null", "list", "string", "number", "choices-object", "choice-null", "text-number",
+         "finish-number", "choice-index-1", "choice-index-string", "usage-list", "not-json"],
+)
+def test_a_frame_of_an_unexpected_shape_ends_the_request_at_once(
+    stand_ins: list[StandIn], frame: str
+) -> None:
+    stand_ins[0].raw_frames = [_chunk({"index": 0, "text": "So "}), frame,
+                               _chunk({"index": 0, "text": "more"})]
+    stand_ins[0].hold_open = True
+    engine = _engine([stand_ins[0].url])
+
+    async def body() -> tuple[str, int, str | None]:
+        result = await asyncio.wait_for(_collect(engine, GenerationRequest("a", prompt="p")),
+                                        LIVENESS_S)
+        assert engine.num_running() == 0
+        await engine.shutdown()
+        return result
+
+    text, _, finish = asyncio.run(body())
+    assert (text, finish) == ("So ", "error")
+
+
+def test_a_finish_chunk_is_delivered_without_waiting_for_done(stand_ins: list[StandIn]) -> None:
+    """The server keeps the connection open after its finish chunk; the answer comes anyway."""
+    stand_ins[0].raw_frames = [_chunk({"index": 0, "text": "\\boxed{7}"}),
+                               _chunk({"index": 0, "text": ".", "finish_reason": "stop"})]
+    stand_ins[0].hold_open = True
+    engine = _engine([stand_ins[0].url])
+
+    async def body() -> tuple[str, int, str | None]:
+        result = await asyncio.wait_for(_collect(engine, GenerationRequest("a", prompt="p")),
+                                        LIVENESS_S)
+        await engine.shutdown()
+        return result
+
+    assert asyncio.run(body()) == ("\\boxed{7}.", 2, "stop")
+    assert not stand_ins[0].release.is_set()  # answered while the server still held [DONE]
+
+
+def test_the_engine_starts_with_the_servers_that_answer(stand_ins: list[StandIn]) -> None:
+    engine = _engine(["http://127.0.0.1:9", stand_ins[0].url], connect_timeout_s=1.0)
+    assert engine.info.extra["endpoints"] == [stand_ins[0].url + "/v1"]
+
+    async def body() -> tuple[str, int, str | None]:
+        result = await _collect(engine, GenerationRequest("a", prompt="p", max_tokens=2))
+        await engine.shutdown()
+        return result
+
+    assert asyncio.run(body()) == ("alpha beta", 2, "length")
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(503, "1"), (503, None), (429, "0"),
+                                                     (429, None), (502, None)])
+def test_a_refused_request_goes_to_the_next_server_which_is_then_preferred(
+    stand_ins: list[StandIn], status: int, retry_after: str | None
+) -> None:
+    """Least-loaded routing would send every request to the refusing server (it holds none
+    for long); after a refusal it is tried last, so it sees one request, not six."""
+    busy, healthy = stand_ins
+    engine = _engine([busy.url, healthy.url])
+    busy.status, busy.retry_after = status, retry_after
+
+    async def body() -> list[tuple[str, int, str | None]]:
+        results = [await _collect(engine, GenerationRequest(f"r{i}", prompt="p", max_tokens=2))
+                   for i in range(6)]
+        await engine.shutdown()
+        return results
+
+    assert asyncio.run(body()) == [("alpha beta", 2, "length")] * 6
+    assert (len(busy.bodies), len(healthy.bodies)) == (1, 6)
+
+
+def test_every_server_refusing_is_an_error_after_a_second_pass(stand_ins: list[StandIn]) -> None:
+    for s in stand_ins:
+        s.status, s.retry_after = 503, "0"
+    engine = _engine([s.url for s in stand_ins])
+
+    async def body() -> tuple[str, int, str | None]:
+        result = await _collect(engine, GenerationRequest("a", prompt="p"))
+        await engine.shutdown()
+        return result
+
+    assert asyncio.run(body()) == ("", 0, "error")
+    assert [len(s.bodies) for s in stand_ins] == [2, 2]
+
+
+def test_a_connect_timeout_goes_to_the_next_server(stand_ins: list[StandIn]) -> None:
+    httpx = pytest.importorskip("httpx")
+    engine = _engine([stand_ins[0].url, stand_ins[1].url])
+    timing_out = stand_ins[0].server.server_address[1]  # type: ignore[union-attr]
+
+    class Transport(httpx.AsyncBaseTransport):
+        """A route that drops SYNs: httpx raises ConnectTimeout (httpx/_transports/default.py)."""
+
+        def __init__(self) -> None:
+            self.real = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: Any) -> Any:
+            if request.url.port == timing_out:
+                raise httpx.ConnectTimeout("timed out", request=request)
+            return await self.real.handle_async_request(request)
+
+    async def body() -> list[tuple[str, int, str | None]]:
+        engine._client_obj = httpx.AsyncClient(transport=Transport())
+        engine._client_loop = asyncio.get_running_loop()
+        results = [await _collect(engine, GenerationRequest(f"r{i}", prompt="p", max_tokens=2))
+                   for i in range(3)]
+        await engine.shutdown()
+        return results
+
+    assert asyncio.run(body()) == [("alpha beta", 2, "length")] * 3
+    assert (len(stand_ins[0].bodies), len(stand_ins[1].bodies)) == (0, 3)
+
+
+def test_a_failing_server_is_tried_last_after_its_error(stand_ins: list[StandIn]) -> None:
+    """HTTP 500 is an error for that request (not retried: it may be the request's fault),
+    but the server that answered it is not chosen first again for a while."""
+    failing, healthy = stand_ins
+    failing.status = 500
+    engine = _engine([failing.url, healthy.url])
+
+    async def body() -> list[str | None]:
+        finishes = [(await _collect(engine, GenerationRequest(f"r{i}", prompt="p",
+                                                              max_tokens=2)))[2]
+                    for i in range(4)]
+        await engine.shutdown()
+        return finishes
+
+    assert asyncio.run(body()) == ["error", "length", "length", "length"]
+    assert (len(failing.bodies), len(healthy.bodies)) == (1, 3)

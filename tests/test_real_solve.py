@@ -37,6 +37,8 @@ def test_default_engine_solves_an_easy_problem() -> None:
     assert len(result.streams) == 12
     assert len({s.seed for s in result.streams}) == 12
     assert result.answer == 5
-    assert dict(result.vote.counts)[5] >= 2  # a 135M model: a few streams get it right
+    # A 135M model: few streams get it right; one more prints "The answer is: 5" in a code
+    # cell, which does not count (answers come from the model's own text, not the sandbox's).
+    assert dict(result.vote.counts)[5] >= 1
     assert still_running == 0
     assert all(s.end is not None for s in result.streams)

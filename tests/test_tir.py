@@ -7,6 +7,8 @@ from aimo_infer.solve.tir import (
     execution_feedback,
     find_code_block,
     format_output,
+    loose_code_block,
+    output_markers,
     shorten_traceback,
     truncate_middle,
 )
@@ -98,3 +100,27 @@ def test_feedback_combines_stdout_and_short_error() -> None:
     )
     assert execution_feedback(result, 200) == "before\nZeroDivisionError: division by zero"
     assert format_output("42") == "\n```output\n42\n```\n"
+
+
+def test_output_markers_are_the_stops_that_are_not_a_close() -> None:
+    assert output_markers(FENCE) == ("```output",)
+    assert output_markers(TOOL_CALL) == ()  # its stop closes a code block
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        pytest.param("Run:\n```py\nprint(5)\n```\n", "print(5)\n", id="py"),
+        pytest.param("```python3\nx = 1\nprint(x)\n```\n\n", "x = 1\nprint(x)\n", id="python3"),
+        pytest.param("```py\na\n```\nthen\n```ipython\nb\n```", "b\n", id="last-block"),
+        pytest.param("```text\nhello\n```\n", None, id="not-python"),
+        pytest.param("```\nprint(1)\n```\n", None, id="untagged"),
+        pytest.param("```py\nprint(1)\n```\nand prose after it\n", None, id="prose-after"),
+        pytest.param("I just know it.\n", None, id="no-block"),
+    ],
+)
+def test_loose_code_block_ends_the_span(text: str, code: str | None) -> None:
+    block = loose_code_block(text, 0, len(text))
+    assert (block.code if block else None) == code
+    if block is not None:
+        assert text[block.start:].startswith("```") and text[: block.end].endswith("```")

@@ -16,6 +16,14 @@ Stop strings (the protocol wants the text to END WITH the matched stop string):
 The text is matched on the adapter side for every flavour, so a stop string that a server
 missed (stop strings are tokenised on their own) still ends the request.
 Cancelling closes the HTTP stream; servers abort a request whose client went away.
+
+Every frame is checked (``check_chunk``): a frame of an unexpected shape ends its request with
+an error at once. A finish chunk is delivered when it arrives, without waiting for ``[DONE]``.
+Several servers: the engine starts with those that answer ``/v1/models``; a request refused
+before its first byte (HTTP 429, 502, 503, 504, a connect error or timeout) is sent to the next
+server, and a server that refused or failed (5xx) is tried last for a while (a back-off, or its
+longer ``Retry-After``), so that least-loaded routing does not keep choosing a server that fails
+fast.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -67,6 +76,14 @@ FLAVOURS: dict[str, Flavour] = {
 }
 _OWNED_BY = {"vllm": "vllm", "tensorrt_llm": "trtllm", "sglang": "sglang", "me": "llama-cpp-python"}
 _CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "n_ctx", "max_seq_len")
+# The server (or a proxy before it) refused the request before any byte: another may take it.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_ROUNDS = 2  # passes over the servers before a refused request is an error
+MAX_RETRY_WAIT_S = 5.0  # the longest Retry-After honoured between passes
+BACKOFF_S = 1.0  # a refusing server without Retry-After is tried last for 1, 2, 4... s
+MAX_BACKOFF_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,60 @@ def _api_root(url: str) -> str:
 class _Endpoint:
     url: str
     in_flight: int = 0
+    failures: int = 0  # refusals in a row
+    down_until: float = 0.0  # monotonic time until which it is tried after the others
+
+    def refused(self, retry_after: float | None) -> None:
+        self.failures += 1
+        backoff = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (self.failures - 1))
+        self.down_until = time.monotonic() + max(backoff, retry_after or 0.0)
+
+    def served(self) -> None:
+        self.failures, self.down_until = 0, 0.0
+
+
+class _Refused(Exception):
+    """The server refused a request before its first byte (429/503): try another one."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds of a ``Retry-After`` header given in seconds (an HTTP date is ignored)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+def check_chunk(chunk: object) -> str | None:
+    """Why a decoded frame is not a completion chunk of one choice, or None when it is one."""
+    if not isinstance(chunk, dict):
+        return f"a frame of type {type(chunk).__name__}, not an object"
+    if "error" in chunk:
+        return None
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        return f"choices is a {type(choices).__name__}, not a list"
+    for choice in choices or []:
+        if not isinstance(choice, dict):
+            return f"a choice of type {type(choice).__name__}, not an object"
+        index = choice.get("index", 0)
+        if type(index) is not int or index != 0:
+            return f"a choice with index {index!r}; one choice (index 0) was asked for"
+        for key, kind in (("text", str), ("finish_reason", str), ("token_ids", list)):
+            value = choice.get(key)
+            if value is not None and not isinstance(value, kind):
+                return f"{key} is a {type(value).__name__}, not a {kind.__name__}"
+    usage = chunk.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return f"usage is a {type(usage).__name__}, not an object"
+    return None
 
 
 @dataclass
@@ -183,12 +254,14 @@ def finish_reason(raw: str | None) -> FinishReason | None:
 class OpenAIEngine(Engine):
     """Streams completions from OpenAI-compatible servers (see the module docstring)."""
 
-    def __init__(self, options: OpenAIOptions, model: str, flavour: str, context_length: int) -> None:
+    def __init__(self, options: OpenAIOptions, model: str, flavour: str, context_length: int,
+                 urls: tuple[str, ...] | None = None) -> None:
         self._options = options
         self._model = model
         self._flavour_name = flavour
         self._flavour = FLAVOURS[flavour]
-        self._endpoints = [_Endpoint(u) for u in options.urls]
+        urls = urls or options.urls
+        self._endpoints = [_Endpoint(u) for u in urls]
         self._turn = itertools.count()
         deterministic = options.deterministic
         if deterministic is None:
@@ -196,7 +269,7 @@ class OpenAIEngine(Engine):
         self._info = EngineInfo(
             name="openai", model=model, context_length=context_length,
             tokenizer_path=options.tokenizer_path, deterministic=deterministic,
-            extra={"server": flavour, "endpoints": list(options.urls), "routing": options.routing},
+            extra={"server": flavour, "endpoints": list(urls), "routing": options.routing},
         )
         self._running: dict[str, _Running] = {}
         self._client_obj: Any = None  # an httpx client belongs to the event loop it was made on
@@ -213,12 +286,22 @@ class OpenAIEngine(Engine):
             raise EngineUnavailable("engine 'openai' needs httpx: pip install 'aimo-infer[openai]'") from exc
         key = options.api_key or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        cards = [_fetch_models(httpx, url, headers, options) for url in options.urls]
-        first = cards[0]
+        answering: dict[str, list[dict[str, Any]]] = {}
+        errors = []
+        for url in options.urls:  # start with the servers that answer
+            try:
+                answering[url] = _fetch_models(httpx, url, headers, options)
+            except EngineUnavailable as exc:
+                errors.append(exc)
+                log.warning("%s; starting without it", exc)
+        if not answering:
+            raise errors[0]
+        urls = tuple(answering)
+        first = answering[urls[0]]
         ids = [str(c.get("id")) for c in first]
         model = config.model or (ids[0] if ids else None)
         if model is None:
-            raise EngineUnavailable(f"engine 'openai': {options.urls[0]} serves no model")
+            raise EngineUnavailable(f"engine 'openai': {urls[0]} serves no model")
         card = next((c for c in first if c.get("id") == model), first[0] if first else {})
         flavour = options.server
         if flavour == "auto":
@@ -226,10 +309,10 @@ class OpenAIEngine(Engine):
         context = options.context_length or _context_length(card)
         if context is None:
             raise EngineUnavailable(
-                f"engine 'openai': {options.urls[0]} does not report the context length of {model!r}; "
+                f"engine 'openai': {urls[0]} does not report the context length of {model!r}; "
                 "set engine.options.context_length"
             )
-        return cls(options, model, flavour, context)
+        return cls(options, model, flavour, context, urls)
 
     @property
     def info(self) -> EngineInfo:
@@ -255,11 +338,13 @@ class OpenAIEngine(Engine):
         return self._client_obj
 
     def _pick(self) -> list[_Endpoint]:
-        """Servers to try, in order: the chosen one first, the others as fallbacks."""
+        """Servers to try, in order: the chosen one first, the others as fallbacks; a server
+        that refused recently comes after the others, however few requests it holds."""
         turn = next(self._turn) % len(self._endpoints)
         order = self._endpoints[turn:] + self._endpoints[:turn]
-        if self._options.routing == "least-loaded":
-            order.sort(key=lambda e: e.in_flight)  # stable: ties keep round-robin order
+        now = time.monotonic()
+        least = self._options.routing == "least-loaded"
+        order.sort(key=lambda e: (e.down_until > now, e.in_flight if least else 0))  # stable
         return order
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
@@ -316,18 +401,30 @@ class OpenAIEngine(Engine):
             self._deliver(running, StreamDelta("", 0, "error", str(exc)))
             return
         last_error = "no server"
-        for endpoint in self._pick():
-            endpoint.in_flight += 1
-            try:
-                await self._stream(endpoint, body, request, running)
-                return
-            except httpx.ConnectError as exc:  # nothing was sent: try the next server
-                last_error = f"{endpoint.url}: cannot connect ({exc})"
-            except (httpx.HTTPError, ValueError) as exc:
-                self._deliver(running, StreamDelta("", 0, "error", f"{endpoint.url}: {type(exc).__name__}: {exc}"))
-                return
-            finally:
-                endpoint.in_flight -= 1
+        for attempt in range(RETRY_ROUNDS):
+            waits = []
+            for endpoint in self._pick():
+                endpoint.in_flight += 1
+                try:
+                    await self._stream(endpoint, body, request, running)
+                    return
+                except _Refused as exc:  # refused before the first byte: the next server
+                    last_error = f"{endpoint.url}: {exc}"
+                    endpoint.refused(exc.retry_after)
+                    waits.append(exc.retry_after or 0.0)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
+                    last_error = f"{endpoint.url}: cannot connect ({type(exc).__name__}: {exc})"
+                    endpoint.refused(None)
+                except (httpx.HTTPError, ValueError) as exc:
+                    self._deliver(running, StreamDelta("", 0, "error", f"{endpoint.url}: {type(exc).__name__}: {exc}"))
+                    return
+                except Exception as exc:  # a bug here must end the request, not hang it
+                    self._deliver(running, StreamDelta("", 0, "error", f"{endpoint.url}: {type(exc).__name__}: {exc}"))
+                    return
+                finally:
+                    endpoint.in_flight -= 1
+            if attempt + 1 < RETRY_ROUNDS and waits:
+                await asyncio.sleep(min(MAX_RETRY_WAIT_S, max(waits)))
         self._deliver(running, StreamDelta("", 0, "error", last_error))
 
     async def _stream(self, endpoint: _Endpoint, body: dict[str, Any], request: GenerationRequest,
@@ -337,12 +434,17 @@ class OpenAIEngine(Engine):
         text = ""
         counted = reported = 0  # tokens the server produced / tokens already delivered
         finish: FinishReason | None = None
-        tail = ""  # text of the finishing chunk, delivered once the stream is read to its end
         async with self._client().stream("POST", endpoint.url + "/completions", json=body) as resp:
+            if resp.status_code in RETRY_STATUSES:
+                raise _Refused(f"HTTP {resp.status_code}",
+                               retry_after_s(resp.headers.get("retry-after")))
             if resp.status_code != 200:
+                if resp.status_code >= 500:  # a failing server: the others first for a while
+                    endpoint.refused(None)
                 detail = (await resp.aread()).decode(errors="replace")[:500]
                 self._deliver(running, StreamDelta("", 0, "error", f"HTTP {resp.status_code}: {detail}"))
                 return
+            endpoint.served()
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -350,12 +452,17 @@ class OpenAIEngine(Engine):
                 if data == "[DONE]":
                     break
                 chunk = json.loads(data)
+                problem = check_chunk(chunk)
+                if problem is not None:
+                    self._deliver(running, StreamDelta("", 0, "error",
+                                                       f"unexpected frame: {problem}"))
+                    return
                 if "error" in chunk:
                     self._deliver(running, StreamDelta("", 0, "error", str(chunk["error"])[:500]))
                     return
                 counted += _chunk_tokens(chunk, counted)
                 choices = chunk.get("choices") or []
-                if not choices or finish is not None:
+                if not choices:
                     continue
                 choice = choices[0]
                 piece = choice.get("text") or ""
@@ -371,15 +478,13 @@ class OpenAIEngine(Engine):
                     self._deliver(running, StreamDelta(piece, counted - reported, "error",
                                                        f"the server finished with {raw_finish!r}"))
                     return
-                if finish is not None:
-                    tail = piece  # read on to [DONE]: a usage-only chunk may follow
-                elif piece:
+                if finish is not None:  # delivered now: a server may hold [DONE] back
+                    self._deliver(running, StreamDelta(piece, counted - reported, finish))
+                    return
+                if piece:
                     self._deliver(running, StreamDelta(piece, counted - reported))
                     reported = counted
-        if finish is None:
-            self._deliver(running, StreamDelta("", 0, "error", "the stream ended without a finish reason"))
-        else:
-            self._deliver(running, StreamDelta(tail, counted - reported, finish))
+        self._deliver(running, StreamDelta("", 0, "error", "the stream ended without a finish reason"))
 
 
 def _chunk_tokens(chunk: dict[str, Any], counted: int) -> int:

@@ -87,14 +87,14 @@ class ReplayEngine(Engine):
     @classmethod
     def from_config(cls, config: EngineConfig) -> ReplayEngine:
         """``model`` is a trace file; ``options.problem_id`` picks the problem to replay."""
-        from aimo_infer.traces import read_trace
+        from aimo_infer.traces import latest_attempts, read_trace
 
         if not config.model:
             raise ValueError("engine 'replay' needs model = a trace file to replay")
         path = Path(config.model)
         if not path.is_file():
             raise FileNotFoundError(f"replay trace not found: {path}")
-        events = list(read_trace(path))
+        events = latest_attempts(read_trace(path))  # a resumed run: what ran last
         problem_id = config.options.get("problem_id")
         scripts: dict[int, list[ReplaySegment]] = {}
         for ev in events:

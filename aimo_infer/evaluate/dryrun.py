@@ -14,7 +14,6 @@ solved: engine start-up and grading are not charged.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import random
@@ -355,7 +354,9 @@ def cmd_dryrun(args: argparse.Namespace) -> int:
         if done:
             console.print(f"resuming {run_dir}: {len(done)} of {len(order)} finished")
         display = ProgressDisplay(len(order), done, enabled=not args.quiet)
-        asyncio.run(run_problems(config, order, run_dir, display))
+        from aimo_infer.runtime import run_bounded  # a stream that will not end cannot hold it
+
+        run_bounded(run_problems(config, order, run_dir, display))
     if not args.no_report:
         from aimo_infer.evaluate.report import write_report
 

@@ -303,6 +303,8 @@ class Predictor:
         except BaseException as exc:
             self._restart(controller, f"{type(exc).__name__}: {exc}")
             raise _Outcome("error", f"{type(exc).__name__}: {exc}") from exc
+        if result.abandoned:  # streams that would not end: drain the engine or reload it
+            self._recover(controller)
         failed = engine_failed(result)
         if failed:
             errors = sorted({s.error or "?" for s in result.streams})

@@ -1,9 +1,13 @@
 """Answer extraction: the final answer of a (possibly cut) model stream, valid for a profile.
 
-Runs on every finished stream, so it is plain string scanning with regexes compiled once; no
-sympy. The last closed ``\\boxed{}``/``\\fbox{}`` decides; ``**bold**`` is the fallback when
-the text holds no box at all, and a stated "the answer is N" (an integer) the last resort: small
-models often say their answer without boxing it.
+Runs on every finished stream, so it is plain string scanning with regexes compiled once, in
+time linear in the text (30,000 tokens of unclosed boxes included); no sympy. The last closed
+``\\boxed{}``/``\\fbox{}`` decides, even when its content is not a valid answer (the model's
+last word replaces its earlier boxes: ``\\boxed{7} ... \\boxed{n+1}`` states no answer);
+``**bold**`` is the fallback when the text holds no box at all, and a stated "the answer is N"
+(an integer) the last resort: small models often say their answer without boxing it. The
+solve loop passes only the model's prose (``prose``): code cells and the sandbox's output are
+not searched, so ``print("\\boxed{5}")`` states no answer.
 
 Profiles:
 - ``aimo2``: an integer, reduced mod 1000 with Python's ``%`` (so ``-1`` becomes ``999``).
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from aimo_infer.solve.exact import exact_integer
 
 PROFILES: tuple[str, ...] = ("aimo2", "aimo3", "free")
 
@@ -24,6 +30,8 @@ AIMO3_MAX = 99_999
 MAX_POWER_DIGITS = 4_000
 # Only the last few bold spans are tried: the answer sits near the end, prose bold is common.
 MAX_BOLD_CANDIDATES = 8
+# A box content longer than this is not an answer (and is not parsed).
+MAX_ANSWER_CHARS = 1_000
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BRACE_RE = re.compile(r"\\[{}]|[{}]")
@@ -39,6 +47,7 @@ _SPACING_RE = re.compile(r"\\[,!;:> ]|\\(?:quad|qquad|displaystyle|left|right)(?
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![A-Za-z])|\\circ(?![A-Za-z])")
 _LABEL_RE = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\b\s*(?:is\b|:)?\s*", re.IGNORECASE)
 _SPACES_RE = re.compile(r"\s+")
+_CHOICE_RE = re.compile(r"^\(?[A-E]\)\s*(?=\S)")  # "(C) 14": a multiple-choice label
 # "The answer is: 5", "Final answer: -12", "the final answer is $1{,}024$."
 _STATED_RE = re.compile(
     r"(?:final\s+answer|the\s+answer)\s*(?:is\b|:|=)\s*:?\s*\$?\s*([+-]?\d[\d,{}]*)(?=([\s\S]?))",
@@ -61,7 +70,7 @@ def extract_answer(text: str, profile: str = "aimo3") -> int | str | None:
     validate = _validator(profile)
     content = extract_boxed(text)
     if content is not None:
-        return validate(content)
+        return validate(content) if len(content) <= MAX_ANSWER_CHARS else None
     for bold in reversed(_BOLD_RE.findall(text)[-MAX_BOLD_CANDIDATES:]):
         if profile == "free" and parse_integer(bold) is None and "$" not in bold:
             continue  # in free text, bold prose ("**Step 2**") is not an answer
@@ -82,15 +91,37 @@ def _stated_answer(text: str, validate: Callable[[str], int | str | None]) -> in
     return None
 
 
+def prose(text: str, hidden: Sequence[tuple[int, int]] = ()) -> str:
+    """``text`` without the ``hidden`` spans (code cells, sandbox output), each replaced by a
+    line break so that words on either side do not join."""
+    if not hidden:
+        return text
+    parts, at = [], 0
+    for start, end in sorted(hidden):
+        if start > at:
+            parts.append(text[at:start])
+        at = max(at, end)
+    parts.append(text[at:])
+    return "\n".join(parts)
+
+
 def extract_boxed(text: str) -> str | None:
     """Raw content of the last closed ``\\boxed``/``\\fbox`` in ``text`` (None when none).
 
     A box still open at the end of the text (a stream cut mid-answer) is skipped; so is the
-    space form (``\\boxed 5``) when its token touches the end of the text.
+    space form (``\\boxed 5``) when its token touches the end of the text. One pass over the
+    braces matches them all, so many unclosed boxes cost linear time, not quadratic.
     """
     starts = [m.end() for m in _BOX_RE.finditer(text)]
+    if not starts:
+        return None
+    closing = _brace_matches(text, starts[-1])  # the usual case: the last box is closed
+    content = _box_content(text, starts[-1], closing)
+    if content is not None or len(starts) == 1:
+        return content
+    closing = _brace_matches(text, starts[0])
     for start in reversed(starts):
-        content = _box_content(text, start)
+        content = _box_content(text, start, closing)
         if content is not None:
             return content
     return None
@@ -104,9 +135,11 @@ def parse_integer(expression: str) -> int | None:
     """
     cleaned = _TRAILING_UNIT_RE.sub("", _clean(expression))
     cleaned = _LABEL_RE.sub("", _unwrap_text(cleaned).strip())
+    cleaned = _CHOICE_RE.sub("", cleaned)
     cleaned = cleaned.replace("\\%", "").strip().rstrip(".").strip()
     cleaned = _strip_outer_braces(_assignment_value(cleaned))
-    return _literal_integer(cleaned)
+    value = _literal_integer(cleaned)
+    return exact_integer(cleaned) if value is None else value
 
 
 def normalize_expression(expression: str) -> str:
@@ -144,13 +177,13 @@ def _free_answer(content: str) -> int | str | None:
     return normalize_expression(content) or None
 
 
-def _box_content(text: str, start: int) -> str | None:
+def _box_content(text: str, start: int, closing: dict[int, int]) -> str | None:
     """Content of the box whose command ends at ``start``, or None when it is not closed."""
     pos = start
     while pos < len(text) and text[pos] in " \t\n":
         pos += 1
     if pos < len(text) and text[pos] == "{":
-        end = _matching_brace(text, pos)
+        end = closing.get(pos)
         return None if end is None else text[pos + 1 : end]
     token = _SPACE_TOKEN_RE.match(text, start)
     if token is None:
@@ -159,6 +192,19 @@ def _box_content(text: str, start: int) -> str | None:
     if token.end() == len(text) and not value.endswith((".", ",", ";")):
         return None  # may be cut mid-number
     return value
+
+
+def _brace_matches(text: str, start: int = 0) -> dict[int, int]:
+    """``{open index: close index}`` of every matched brace from ``start`` (escaped ignored)."""
+    opened: list[int] = []
+    closing: dict[int, int] = {}
+    for match in _BRACE_RE.finditer(text, start):
+        brace = match.group()
+        if brace == "{":
+            opened.append(match.start())
+        elif brace == "}" and opened:
+            closing[opened.pop()] = match.start()
+    return closing
 
 
 def _matching_brace(text: str, open_pos: int) -> int | None:
@@ -176,7 +222,7 @@ def _matching_brace(text: str, open_pos: int) -> int | None:
 
 def _clean(expression: str) -> str:
     """Drop math delimiters, spacing commands, degree signs; ``{,}`` becomes ``,``."""
-    cleaned = _DELIMITERS_RE.sub("", expression)
+    cleaned = _DELIMITERS_RE.sub("", expression.replace("\\$", ""))
     cleaned = cleaned.replace("{,}", ",").replace("\u2212", "-")
     cleaned = _DEGREE_RE.sub("", cleaned)
     cleaned = _SPACING_RE.sub(lambda m: "" if m.group() in ("\\,", "\\!") else " ", cleaned)

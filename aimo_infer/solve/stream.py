@@ -42,6 +42,7 @@ class Stream:
     tokens: int = 0  # generated tokens over all segments (appended outputs excluded)
     segments: int = 0  # engine requests made
     code_calls: list[CodeCall] = field(default_factory=list)
+    hidden: list[tuple[int, int]] = field(default_factory=list)  # code and output spans of text
     end: StreamEnd | None = None
     error: str | None = None
     answer: Answer | None = None

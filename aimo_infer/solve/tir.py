@@ -46,6 +46,36 @@ class CodeBlock:
     end: int  # index just past the closing marker
 
 
+# A model that writes an output block itself, after no code block of the format, imagined the
+# output. A block tagged as Python in another spelling just before it is run; without one, the
+# model is told that no code ran (and the call counts toward the limit, so it cannot loop).
+LOOSE_PYTHON_TAGS = frozenset({"py", "py3", "python3", "ipython", "python"})
+NO_CODE_FEEDBACK = "No code ran: put the code to run in a ```python block before its output."
+
+
+def output_markers(fmt: ToolFormat) -> tuple[str, ...]:
+    """Stop strings that open a model-written output block (not the close of a code block)."""
+    return tuple(stop for stop in fmt.stop if stop != fmt.close)
+
+
+def loose_code_block(text: str, start: int, end: int) -> CodeBlock | None:
+    """A fenced block tagged as Python in another spelling (py, python3) that ends the span
+    ``text[start:end]`` (trailing blank lines aside), or None."""
+    body_end = len(text[start:end].rstrip()) + start
+    if body_end - start < 3 or text[body_end - 3 : body_end] != "```":
+        return None
+    open_at = text.rfind("```", start, body_end - 3)
+    if open_at < 0:
+        return None
+    newline = text.find("\n", open_at)
+    if newline < 0 or newline > body_end - 3:
+        return None
+    if text[open_at + 3 : newline].strip().lower() not in LOOSE_PYTHON_TAGS:
+        return None
+    code = text[newline + 1 : body_end - 3]
+    return CodeBlock(code if code.endswith("\n") or not code else code + "\n", open_at, body_end)
+
+
 _INNER_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_+-]*[ \t]*\n?|\n?```\s*$")
 
 
