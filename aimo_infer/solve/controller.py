@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aimo_infer.backends.base import Engine, GenerationRequest
 from aimo_infer.config import Config
 from aimo_infer.solve.answer import extract_answer
+from aimo_infer.solve.harmony import HarmonyLoop, answer_text
 from aimo_infer.solve.policies import StopPolicy, parse_policy
 from aimo_infer.solve.prompts import load_profile, render_prompt
 from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
@@ -102,9 +103,14 @@ class Controller:
         self.policy: StopPolicy = parse_policy(config.solve.stop_policy)
         if self.profile.tool_format.open and runner is None:
             raise ValueError(f"prompt profile {self.profile.name!r} runs code: a sandbox is needed")
+        self.harmony: HarmonyLoop | None = None  # the Harmony profile's loop (solve/harmony.py)
+        if self.profile.tool_format.name == "harmony":
+            self.harmony = HarmonyLoop(self)
 
     def render(self, problem: str) -> str:
         """The prompt text for a problem, through the engine's chat template."""
+        if self.harmony is not None:
+            return self.harmony.render(problem)
         messages = self.profile.messages(problem, self.config.solve.tir.max_code_calls)
         return render_prompt(messages, self.engine.info.tokenizer_path)
 
@@ -207,7 +213,10 @@ class Controller:
         sessions: list[Session] = []  # at most one, opened at the first code block
         stream.started_at = self.clock()
         try:
-            await self._generate_loop(problem_id, stream, prompt, sessions)
+            if self.harmony is not None:
+                await self.harmony.run(problem_id, stream, prompt, sessions)
+            else:
+                await self._generate_loop(problem_id, stream, prompt, sessions)
         except asyncio.CancelledError:
             if stream.end is None:
                 stream.end = "cancelled"
@@ -218,6 +227,8 @@ class Controller:
             stream.status = StreamStatus.FINISHED
             stream.finished_at = self.clock()
             stream.answer = extract_answer(stream.text, self.config.solve.profile)
+            if self.harmony is not None:  # Harmony: the final channel's answer
+                stream.answer = extract_answer(answer_text(stream.text), self.config.solve.profile)
             for session in sessions:
                 await asyncio.shield(self._close_session(session))
             self._trace("stream_end", problem_id=problem_id, stream=stream.index,
