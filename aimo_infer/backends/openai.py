@@ -16,6 +16,10 @@ Stop strings (the protocol wants the text to END WITH the matched stop string):
 The text is matched on the adapter side for every flavour, so a stop string that a server
 missed (stop strings are tokenised on their own) still ends the request.
 Cancelling closes the HTTP stream; servers abort a request whose client went away.
+
+Token-in/token-out (``Flavour.token_io``, vLLM): ``prompt`` as token ids, ``stop_token_ids``
+and ``return_token_ids`` go out (``token_io_fields``), each chunk's ``token_ids`` come back
+(``chunk_token_ids``). Other servers refuse a token request with a one-line error.
 """
 
 from __future__ import annotations
@@ -53,10 +57,11 @@ class Flavour:
     usage_stream: bool  # accepts stream_options (per-chunk usage gives exact token counts)
     deterministic: bool  # one seed, one text (no batch-dependent numerics)
     extra: dict[str, Any] = field(default_factory=dict)  # fields sent with every request
+    token_io: bool = False  # stop_token_ids in, return_token_ids out (vLLM >= 0.10.2)
 
 
 FLAVOURS: dict[str, Flavour] = {
-    "vllm": Flavour(True, True, True, True, False),
+    "vllm": Flavour(True, True, True, True, False, token_io=True),
     "trtllm": Flavour(True, True, True, True, False),
     "sglang": Flavour(True, True, True, True, False),
     # Its defaults (top_k 40, min_p 0.05, repeat_penalty 1.1) must be overridden for plain
@@ -136,6 +141,8 @@ def request_body(request: GenerationRequest, model: str, flavour: Flavour) -> di
     """The JSON body of one streaming completion request."""
     if request.prompt_token_ids is not None and not flavour.token_id_prompts:
         raise EngineError("this server does not accept token-id prompts; send text")
+    if request.stop_token_ids and not flavour.token_io:
+        raise EngineError("this server does not stop on token ids (stop_token_ids); use vLLM")
     body: dict[str, Any] = {
         "model": model,
         "prompt": list(request.prompt_token_ids) if request.prompt_token_ids is not None
@@ -156,7 +163,31 @@ def request_body(request: GenerationRequest, model: str, flavour: Flavour) -> di
     if flavour.usage_stream:
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
     body.update(flavour.extra)
+    body.update(token_io_fields(request, flavour))
     return body
+
+
+def token_io_fields(request: GenerationRequest, flavour: Flavour) -> dict[str, Any]:
+    """Token-out fields (vLLM): stop token ids, and the generated ids in every chunk."""
+    if not flavour.token_io or (request.prompt_token_ids is None and not request.stop_token_ids):
+        return {}
+    fields: dict[str, Any] = {"return_token_ids": True, "skip_special_tokens": False}
+    if request.stop_token_ids:
+        fields["stop_token_ids"] = list(request.stop_token_ids)
+    return fields
+
+
+def chunk_token_ids(choice: dict[str, Any], finish: str | None,
+                    stop_token_ids: tuple[int, ...]) -> tuple[int, ...]:
+    """The generated ids of one chunk; a stop token id the server reports (vLLM's
+    ``stop_reason``) but left out is appended, as the protocol wants it last."""
+    raw = choice.get("token_ids")
+    ids = tuple(t for t in raw if isinstance(t, int)) if isinstance(raw, list) else ()
+    matched = choice.get("stop_reason")
+    if (finish == "stop" and isinstance(matched, int) and not isinstance(matched, bool)
+            and matched in stop_token_ids and ids[-1:] != (matched,)):
+        ids += (matched,)
+    return ids
 
 
 def stop_to_append(text: str, finish: str | None, choice: dict[str, Any], stops: tuple[str, ...]) -> str:
@@ -196,6 +227,7 @@ class OpenAIEngine(Engine):
         self._info = EngineInfo(
             name="openai", model=model, context_length=context_length,
             tokenizer_path=options.tokenizer_path, deterministic=deterministic,
+            token_io=self._flavour.token_io,
             extra={"server": flavour, "endpoints": list(options.urls), "routing": options.routing},
         )
         self._running: dict[str, _Running] = {}
@@ -338,6 +370,7 @@ class OpenAIEngine(Engine):
         counted = reported = 0  # tokens the server produced / tokens already delivered
         finish: FinishReason | None = None
         tail = ""  # text of the finishing chunk, delivered once the stream is read to its end
+        ids: tuple[int, ...] = ()  # token ids not delivered yet (token-out servers)
         async with self._client().stream("POST", endpoint.url + "/completions", json=body) as resp:
             if resp.status_code != 200:
                 detail = (await resp.aread()).decode(errors="replace")[:500]
@@ -360,6 +393,7 @@ class OpenAIEngine(Engine):
                 choice = choices[0]
                 piece = choice.get("text") or ""
                 raw_finish = choice.get("finish_reason")
+                ids += chunk_token_ids(choice, raw_finish, request.stop_token_ids)
                 piece += stop_to_append(text + piece, raw_finish, choice, stops)
                 end = find_stop(text + piece, stops, max(0, len(text) - longest + 1)) if stops else -1
                 if end >= 0:  # a stop string: cut just after it and end the request
@@ -373,13 +407,13 @@ class OpenAIEngine(Engine):
                     return
                 if finish is not None:
                     tail = piece  # read on to [DONE]: a usage-only chunk may follow
-                elif piece:
-                    self._deliver(running, StreamDelta(piece, counted - reported))
-                    reported = counted
+                elif piece or ids:
+                    self._deliver(running, StreamDelta(piece, counted - reported, token_ids=ids))
+                    reported, ids = counted, ()
         if finish is None:
             self._deliver(running, StreamDelta("", 0, "error", "the stream ended without a finish reason"))
         else:
-            self._deliver(running, StreamDelta(tail, counted - reported, finish))
+            self._deliver(running, StreamDelta(tail, counted - reported, finish, token_ids=ids))
 
 
 def _chunk_tokens(chunk: dict[str, Any], counted: int) -> int:
