@@ -22,6 +22,7 @@ PLUGIN_COMMANDS: dict[str, str] = {
     "report": "aimo_infer.evaluate.report:add_report_parser",
     "simulate": "aimo_infer.evaluate.simulate_cli:add_simulate_parser",
     "bundle": "aimo_infer.kaggle.bundle:add_bundle_parser",
+    "check-config": "aimo_infer.check_config:add_check_config_parser",
 }
 
 

@@ -164,8 +164,14 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+# Top-level tables of a config file that other commands read (``[model_server]``: the model
+# server launcher), so one file can hold a whole recipe.
+TABLES_READ_ELSEWHERE = ("model_server",)
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a ``Config`` from nested dicts (the shape of the TOML file)."""
+    data = {k: v for k, v in data.items() if k not in TABLES_READ_ELSEWHERE}
     return dataclass_from_table(Config, data)
 
 
