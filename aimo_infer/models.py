@@ -377,6 +377,8 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     prepare.add_argument("--cache-dir", type=Path, default=None, help="cache root directory")
     prepare.add_argument("--quiet", action="store_true", help="no progress display")
+    prepare.add_argument("--vocab-only", action="store_true",
+                         help="only the harmony profile's o200k vocabulary (gpt-oss), no model")
     prepare.set_defaults(func=_cmd_prepare)
     listing = commands.add_parser("list", help="show the default model and its cache state")
     listing.add_argument("--cache-dir", type=Path, default=None, help="cache root directory")
@@ -385,6 +387,8 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    if args.vocab_only:
+        return _prepare_vocab(args.cache_dir)
     try:
         weights = args.weights
         if weights is None:

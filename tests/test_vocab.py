@@ -86,3 +86,14 @@ def test_models_prepare_puts_the_vocabulary_in_the_cache(
     assert code == 0
     assert file_sha256(vocab_dir(tmp_path) / VOCAB_FILENAME) == VOCAB_SHA256
     assert "harmony vocabulary:" in capsys.readouterr().out
+
+
+def test_models_prepare_vocab_only_needs_no_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aimo_infer.cli import main
+
+    assert main(["models", "prepare", "--vocab-only", "--cache-dir", str(tmp_path)]) == 0
+    assert file_sha256(vocab_dir(tmp_path) / VOCAB_FILENAME) == VOCAB_SHA256
+    assert "(sha256 ok)" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["tiktoken"]
