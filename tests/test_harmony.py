@@ -250,3 +250,89 @@ def test_conversation_round_trip_of_a_completion(renderer: HarmonyRenderer) -> N
         completion(renderer, *msgs), Role.ASSISTANT)
     assert [m.to_dict() for m in parsed] == [m.to_dict() for m in msgs]
     assert Conversation.from_messages(parsed)
+
+
+def test_the_model_s_own_call_header_form_is_understood(renderer: HarmonyRenderer) -> None:
+    """gpt-oss writes the recipient after the channel (``<|channel|>analysis to=python code``)."""
+    seed = stream_seed(0, "p", 0)
+    first = renderer.encoding.encode(
+        "<|channel|>analysis<|message|>Compute.<|end|><|start|>assistant<|channel|>analysis "
+        "to=python code<|message|>print(6 * 7)<|call|>", allowed_special="all")
+    second = completion(renderer, assistant("\\boxed{42}", "final"), end="<|return|>")
+    engine = ReplayEngine({seed: [ReplaySegment("", token_ids=tuple(first)),
+                                  ReplaySegment("", token_ids=tuple(second))]})
+    result = solve(harmony_config(), engine)
+    assert [(c.code, c.feedback) for c in result.streams[0].code_calls] == [("print(6 * 7)", "42")]
+    assert result.answer == 42
+    req1, req2 = engine.requests
+    assert (req2.prompt_token_ids or ())[: len(req1.prompt_token_ids or ()) + len(first)] == \
+        (*(req1.prompt_token_ids or ()), *first)  # the model's own tokens, not a re-render
+
+
+def test_through_the_openai_adapter_on_a_vllm_shaped_server(renderer: HarmonyRenderer) -> None:
+    """The recipe's engine path: token prompts, stop token ids and returned ids over HTTP (a
+    stand-in streaming vLLM's frames, as in tests/test_token_io.py), the real sandbox."""
+    pytest.importorskip("httpx")
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from typing import Any
+
+    from aimo_infer.config import EngineConfig
+
+    segments = [
+        completion(renderer, assistant("x = 6 * 7\nx", to="python")),
+        completion(renderer, assistant("\\boxed{42}", "final"), end="<|return|>"),
+    ]
+    bodies: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, raw: bytes, kind: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self) -> None:
+            self._send(json.dumps({"object": "list", "data": [
+                {"id": "gpt-oss", "owned_by": "vllm", "max_model_len": 65536}]}).encode(),
+                "application/json")
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            bodies.append(body)
+            ids = segments[len(bodies) - 1]
+            frames = []
+            for n, token in enumerate(ids, 1):  # vLLM leaves the stop id to stop_reason
+                last = token in body["stop_token_ids"]
+                frames.append({"choices": [{"index": 0, "text": "", "token_ids": [] if last
+                                            else [token], "finish_reason": "stop" if last
+                                            else None, "stop_reason": token if last else None}],
+                               "usage": {"completion_tokens": n}})
+            raw = "".join(f"data: {json.dumps(f)}\n\n" for f in frames) + "data: [DONE]\n\n"
+            self._send(raw.encode(), "text/event-stream")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from aimo_infer.backends.openai import OpenAIEngine
+
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        engine = OpenAIEngine.from_config(EngineConfig("openai", options={"base_url": url}))
+        result = solve(harmony_config(), engine)  # type: ignore[arg-type]
+    finally:
+        server.shutdown()
+        server.server_close()
+    stream = result.streams[0]
+    assert stream.end == "stop" and stream.error is None and result.answer == 42
+    assert [c.feedback for c in stream.code_calls] == ["42"]
+    first, second = bodies
+    assert isinstance(first["prompt"], list) and first["return_token_ids"] is True
+    assert second["prompt"][: len(first["prompt"]) + len(segments[0])] == \
+        first["prompt"] + segments[0]
+    assert stream.tokens == len(segments[0]) + len(segments[1])
