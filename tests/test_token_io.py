@@ -220,3 +220,35 @@ def test_vllm_token_prompt_stop_ids_and_returned_ids(omit_stop_id: bool) -> None
     assert stopped.finish == "stop" and stopped.ids == [101, 102, 103, 200012]
     assert stopped.tokens == 4
     assert plain.finish == "length" and plain.ids == GENERATED
+
+
+# --- vLLM AsyncLLM (embedded), against the stand-in package -------------------------------------
+
+
+def test_vllm_embedded_token_prompt_stop_ids_and_returned_ids(tmp_path: Any) -> None:
+    """Run against tests/standins/vllm (NOT real vLLM): the stop id ends the request and is the
+    last returned id, as vLLM's check_stop keeps it."""
+    from standins import standin_packages
+
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    with standin_packages():
+        from aimo_infer.backends import create_engine
+
+        engine = create_engine(EngineConfig("vllm", str(tmp_path)))
+        assert engine.info.token_io
+        prompt = tuple(engine._engine.get_tokenizer().encode("Count «1 2 3 4»"))  # type: ignore[attr-defined]
+
+        async def go() -> tuple[Outcome, Outcome]:
+            full = await collect(engine, GenerationRequest("a", prompt_token_ids=prompt,
+                                                           temperature=0.0, max_tokens=12))
+            at = next(i for i in range(2, len(full.ids)) if full.ids[i] not in full.ids[:i])
+            stopped = await collect(engine, GenerationRequest(
+                "b", prompt_token_ids=prompt, temperature=0.0, max_tokens=12,
+                stop_token_ids=(full.ids[at],)))
+            await engine.shutdown()
+            return full, stopped
+
+        full, stopped = asyncio.run(go())
+    assert len(full.ids) == full.tokens == 12 and full.finish == "length"
+    assert stopped.finish == "stop" and stopped.ids == full.ids[: len(stopped.ids)]
+    assert stopped.ids[-1] not in stopped.ids[:-1] and len(stopped.ids) >= 3
