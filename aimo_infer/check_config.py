@@ -31,7 +31,7 @@ SELECT_RULES = ("majority", "entropy", "vote-then-confidence", "deepconf")
 BUDGET_PRESETS = ("nemo", "aimo3")
 SERVER_KINDS = ("vllm", "trtllm", "llamacpp")
 # Engines whose adapter does token-in/token-out (EngineInfo.token_io); openai only on vLLM.
-TOKEN_IO_ENGINES = ("llamacpp", "replay", "openai")
+TOKEN_IO_ENGINES = ("llamacpp", "replay", "vllm", "openai")
 TOKEN_IO_SERVERS = ("vllm",)
 KAGGLE_ROOT = "/kaggle/"
 

@@ -336,3 +336,23 @@ def test_through_the_openai_adapter_on_a_vllm_shaped_server(renderer: HarmonyRen
     assert second["prompt"][: len(first["prompt"]) + len(segments[0])] == \
         first["prompt"] + segments[0]
     assert stream.tokens == len(segments[0]) + len(segments[1])
+
+
+def test_a_deadline_cut_answers_from_the_partial_text(renderer: HarmonyRenderer) -> None:
+    seed = stream_seed(0, "p", 0)
+    thinking = "So the answer should be \\boxed{42}. Let me double-check everything." + \
+        " Checking again." * 400
+    ids = completion(renderer, assistant(thinking))
+    engine = ReplayEngine({seed: [ReplaySegment("", token_ids=tuple(ids))]}, tokens_per_s=500)
+
+    async def go() -> ProblemResult:
+        import time
+
+        async with harness(harmony_config(), engine=engine) as controller:
+            return await controller.solve("p", PROBLEM, time.monotonic() + 0.5)
+
+    result = asyncio.run(go())
+    stream = result.streams[0]
+    assert result.stop_reason == "deadline" and stream.end == "deadline"
+    assert stream.error is None  # a cut stream is not malformed
+    assert stream.tokens < len(ids) and result.answer == 42

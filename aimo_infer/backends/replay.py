@@ -197,11 +197,16 @@ class ReplayEngine(Engine):
     ) -> AsyncIterator[StreamDelta]:
         """Token-out: one id per delta; a stop token id ends the request and is streamed last."""
         stops = set(request.stop_token_ids) if self._honour_stop else set()
+        delay = None if self._tokens_per_s is None else 1.0 / self._tokens_per_s
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         for i, token in enumerate(ids):
             if self._running[rid]:
                 yield StreamDelta("", 0, "cancelled")
                 return
-            if i % self._yield_every == self._yield_every - 1:
+            if delay is not None:
+                await asyncio.sleep(max(0.0, start + (i + 1) * delay - loop.time()))
+            elif i % self._yield_every == self._yield_every - 1:
                 await asyncio.sleep(0)
             if token in stops:
                 yield StreamDelta("", 1, "stop", token_ids=(token,))

@@ -194,7 +194,7 @@ class HarmonyLoop:
             raise EngineUnavailable(
                 f"prompt profile 'harmony' needs token-in/token-out (prompt token ids, stop token "
                 f"ids, generated token ids); engine {info.name!r} has none: use vllm, openai "
-                "(vLLM or llama.cpp server), llamacpp or replay")
+                "(on a vLLM server), llamacpp or replay")
         settings = controller.config.solve.harmony
         self.settings = settings
         self.renderer = HarmonyRenderer(settings, controller.profile.user)
