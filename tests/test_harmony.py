@@ -356,3 +356,13 @@ def test_a_deadline_cut_answers_from_the_partial_text(renderer: HarmonyRenderer)
     assert result.stop_reason == "deadline" and stream.end == "deadline"
     assert stream.error is None  # a cut stream is not malformed
     assert stream.tokens < len(ids) and result.answer == 42
+
+
+def test_a_token_limit_mid_message_is_length_not_malformed(renderer: HarmonyRenderer) -> None:
+    seed = stream_seed(0, "p", 0)
+    ids = completion(renderer, assistant("A long thought " * 50))
+    cfg = harmony_config()
+    cfg.solve.sampling.max_tokens = 20
+    engine = ReplayEngine({seed: [ReplaySegment("", token_ids=tuple(ids))]})
+    stream = solve(cfg, engine).streams[0]
+    assert stream.end == "length" and stream.error is None and stream.tokens == 20

@@ -306,8 +306,8 @@ class HarmonyLoop:
         try:
             for token in segment.token_ids:
                 parser.process(token)
-            if segment.stop_token is None:
-                parser.process_eos()
+            if segment.stop_token is None and segment.finish == "stop" and stream.end is None:
+                parser.process_eos()  # the engine ended by itself: the last message must be whole
         except HarmonyError as exc:
             if stream.end is None:
                 stream.end, stream.error = "error", f"{MALFORMED}: {exc}"
