@@ -54,6 +54,7 @@ def check_config(path: Path) -> Report:
     except ConfigError as exc:
         report.errors.append(str(exc))
         return report
+    given = {key for key, _ in _flatten("", data)}
     pending = _split_pending(data)
     try:
         config = config_from_dict(data)
@@ -67,7 +68,7 @@ def check_config(path: Path) -> Report:
     _check_engine(config, pending, report)
     _check_profile(config, pending, report)
     _check_paths(config, pending, report)
-    report.rows = _rows(config, pending)
+    report.rows = _rows(config, pending, given)
     return report
 
 
@@ -261,6 +262,10 @@ def _check_profile(config: Config, pending: dict[tuple[str, ...], Any], report: 
         report.errors.append(f"solve.prompt: {exc}")
         return
     if profile.tool_format.name != "harmony":
+        if config.engine.name == "openai" and not config.engine.options.get("tokenizer_path"):
+            report.notes.append(f"prompt profile {profile.name!r} on engine 'openai' without "
+                                "engine.options.tokenizer_path renders plain ChatML, not the "
+                                "model's chat template")
         return
     for package, pip in (("openai_harmony", "openai-harmony"), ("bpe_openai", "bpe-openai")):
         if importlib.util.find_spec(package) is None:
@@ -329,7 +334,8 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
-def _rows(config: Config, pending: dict[tuple[str, ...], Any]) -> list[tuple[str, str, str]]:
+def _rows(config: Config, pending: dict[tuple[str, ...], Any],
+          given: set[str]) -> list[tuple[str, str, str]]:
     """Every resolved setting (defaults included), pending keys marked; TIR limits that the
     harmony profile does not read are left out so the table shows one recipe."""
     harmony = config.solve.prompt == "harmony"
@@ -339,7 +345,8 @@ def _rows(config: Config, pending: dict[tuple[str, ...], Any]) -> list[tuple[str
     for key, value in _flatten("", config):
         if key.startswith(skip):
             continue
-        rows.append((key, _show(value), _remark(key, value)))
+        remark = _remark(key, value) or ("" if key in given else "default")
+        rows.append((key, _show(value), remark))
     for key_path, value in pending.items():
         for key, item in _flatten(".".join(key_path), value):
             remark = "read by " if key_path == ("model_server",) else "pending: "
