@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -366,3 +367,26 @@ def test_a_token_limit_mid_message_is_length_not_malformed(renderer: HarmonyRend
     engine = ReplayEngine({seed: [ReplaySegment("", token_ids=tuple(ids))]})
     stream = solve(cfg, engine).streams[0]
     assert stream.end == "length" and stream.error is None and stream.tokens == 20
+
+
+def test_a_harmony_trace_replays_to_the_same_solve(renderer: HarmonyRenderer,
+                                                   tmp_path: Path) -> None:
+    from aimo_infer.config import EngineConfig
+    from aimo_infer.traces import TraceWriter
+
+    seed = stream_seed(0, "p", 0)
+    segments = [completion(renderer, assistant("print(6 * 7)", to="python")),
+                completion(renderer, assistant("\\boxed{42}", "final"), end="<|return|>")]
+    engine = ReplayEngine({seed: [ReplaySegment("", token_ids=tuple(s)) for s in segments]})
+    trace = tmp_path / "trace.jsonl"
+
+    async def go(engine: ReplayEngine, tracer: TraceWriter | None) -> ProblemResult:
+        async with harness(harmony_config(), tracer=tracer, engine=engine) as controller:
+            return await controller.solve("p", PROBLEM)
+
+    with TraceWriter(trace) as tracer:
+        first = asyncio.run(go(engine, tracer))
+    replayed = asyncio.run(go(ReplayEngine.from_config(EngineConfig("replay", str(trace))), None))
+    assert first.answer == replayed.answer == 42
+    assert replayed.streams[0].text == first.streams[0].text
+    assert [c.feedback for c in replayed.streams[0].code_calls] == ["42"]

@@ -100,7 +100,9 @@ class ReplayEngine(Engine):
         scripts: dict[int, list[ReplaySegment]] = {}
         for ev in events:
             if ev.get("event") == "segment" and (problem_id in (None, ev.get("problem_id"))):
-                seg = ReplaySegment(ev["text"], ev.get("tokens"), ev.get("finish_reason", "stop"))
+                ids = ev.get("token_ids")  # harmony segments record their token ids
+                seg = ReplaySegment(ev["text"], ev.get("tokens"), ev.get("finish_reason", "stop"),
+                                    tuple(ids) if isinstance(ids, list) else None)
                 scripts.setdefault(int(ev["seed"]), []).append(seg)
         return cls(scripts, tokens_per_s=config.options.get("tokens_per_s"))
 

@@ -240,7 +240,8 @@ class HarmonyLoop:
             ids += segment.token_ids
             c._trace("segment", problem_id=problem_id, stream=stream.index, seed=stream.seed,
                      text=stream.text[segment_start:], tokens=segment.tokens,
-                     finish_reason=segment.finish, dropped_tokens=segment.dropped)
+                     finish_reason=segment.finish, dropped_tokens=segment.dropped,
+                     token_ids=segment.token_ids)  # replayable: the replay engine reads them
             call = self._finish_segment(stream, segment)
             if call is None or stream.end is not None:
                 break
