@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from aimo_infer.config import Config, ConfigError, load_config
+from aimo_infer.config import Config, ConfigError, check_setting, load_config, validate_config
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -22,6 +22,9 @@ PLUGIN_COMMANDS: dict[str, str] = {
     "report": "aimo_infer.evaluate.report:add_report_parser",
     "simulate": "aimo_infer.evaluate.simulate_cli:add_simulate_parser",
     "bundle": "aimo_infer.kaggle.bundle:add_bundle_parser",
+    # Kaggle submission tools (aimo_infer/kaggle/)
+    "budget": "aimo_infer.kaggle.budget_cli:add_budget_parser",
+    "serve-model": "aimo_infer.kaggle.launcher:add_serve_model_parser",
     "check-config": "aimo_infer.check_config:add_check_config_parser",
 }
 
@@ -42,9 +45,22 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="run seed (stream seeds derive from it)")
 
 
+# Flags that set a range-checked setting: flag -> (argparse dest, dotted config key).
+SETTING_FLAGS: dict[str, tuple[str, str]] = {
+    "--profile": ("profile", "solve.profile"),
+    "--streams": ("streams", "solve.num_streams"),
+    "--max-tokens": ("max_tokens", "solve.sampling.max_tokens"),
+}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The config file (or defaults) with command-line flags on top."""
+    """The config file (or defaults) with command-line flags on top, every value range-checked
+    by the rules of ``aimo_infer.config`` (the same ones a TOML file meets)."""
     cfg = load_config(args.config)
+    for flag, (dest, key) in SETTING_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_setting(key, value, flag)
     if args.engine:
         cfg.engine.name = args.engine
     if args.model:
@@ -54,18 +70,30 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.prompt:
         cfg.solve.prompt = args.prompt
     if args.streams is not None:
-        if args.streams < 1:
-            raise ConfigError("--streams must be >= 1")
         cfg.solve.num_streams = args.streams
     if args.policy is not None:
         cfg.solve.stop_policy = args.policy
     if args.max_tokens is not None:
-        if args.max_tokens < 1:
-            raise ConfigError("--max-tokens must be >= 1")
         cfg.solve.sampling.max_tokens = args.max_tokens
     if args.seed is not None:
         cfg.solve.run_seed = args.seed
-    return cfg
+    return validate_config(cfg)
+
+
+def read_problem_arg(problem: str) -> str:
+    """The problem text of ``solve``: the argument, or ``@FILE``'s UTF-8 text; a file that
+    cannot be read as text gives one line naming it."""
+    if not problem.startswith("@"):
+        return problem
+    path = problem[1:]
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          "pass a text file") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the problem ({exc.strerror or exc})") from exc
 
 
 def _add_solve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -89,10 +117,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     from aimo_infer.traces import TraceWriter
 
     cfg = config_from_args(args)
-    problem = args.problem
-    if problem.startswith("@"):
-        with open(problem[1:], encoding="utf-8") as fh:
-            problem = fh.read()
+    if args.timeout is not None:
+        check_setting("solve.stream_timeout_s", args.timeout, "--timeout")
+    problem = read_problem_arg(args.problem)
     if not problem.strip():
         raise ConfigError("the problem text is empty")
     tracer = TraceWriter(args.trace) if args.trace else None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,10 +83,15 @@ class SolveConfig:
 
 @dataclass
 class BudgetConfig:
-    """Time budget (winning entry: 350 s base, at most 210 s from the shared buffer)."""
+    """Time budget (winning entry: 350 s base, at most 210 s from the shared buffer).
 
+    ``preset`` picks the rule (aimo_infer/kaggle/budget.py): nemo (base + capped bank draw)
+    or aimo3 (clamp(time_left - (problems_left - 1) x base, base, high_s))."""
+
+    preset: str = "nemo"
     base_s: float = 350.0
     max_extra_s: float = 210.0
+    high_s: float = 900.0  # aimo3: the most one problem may get
     total_s: float = 5 * 3600.0
     safety_margin_s: float = 600.0
     min_per_problem_s: float = 30.0
@@ -115,23 +122,32 @@ class Config:
 
 
 def dataclass_from_table(
-    cls: type, data: Any, where: str = "", error: type[ValueError] = ConfigError
+    cls: type, data: Any, where: str = "", error: type[ValueError] = ConfigError,
+    ignore_unknown: bool = False,
 ) -> Any:
     """Build dataclass ``cls`` from a TOML table (nested dataclasses too), rejecting unknown
-    keys and values of the wrong type with ``error`` naming the key (``where``: its prefix)."""
+    keys (unless ``ignore_unknown``: a record written by another version) and values of the
+    wrong type with ``error`` naming the key (``where``: its prefix)."""
     if not isinstance(data, dict):
         raise error(f"{where or 'top level'}: expected a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
-    if unknown:
+    if ignore_unknown:
+        data = {k: v for k, v in data.items() if k in known}
+    elif unknown:
         raise error(f"{where or 'top level'}: unknown key(s) {unknown}; known: {sorted(known)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise error(f"{where or 'top level'}: missing key(s) {missing}")
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         hint = hints[key]
         path = f"{where}.{key}" if where else key
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = dataclass_from_table(hint, value, path, error)  # type: ignore[arg-type]
+            kwargs[key] = dataclass_from_table(hint, value, path, error,  # type: ignore[arg-type]
+                                               ignore_unknown)
         elif not _fits(hint, value):
             raise error(f"{path}: expected {_type_name(hint)}, got {value!r}")
         else:
@@ -164,15 +180,91 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-# Top-level tables of a config file that other commands read (``[model_server]``: the model
-# server launcher), so one file can hold a whole recipe.
-TABLES_READ_ELSEWHERE = ("model_server",)
+# The ranges a setting accepts, by dotted key. A TOML file and the command-line flags are
+# checked by the same rules (``validate_config``, ``check_setting``), so no value that a flag
+# refuses can come in through a file.
+PROFILES: tuple[str, ...] = ("aimo2", "aimo3", "free")  # as aimo_infer.solve.answer.PROFILES
+LOAD_MODES: tuple[str, ...] = ("eager", "background", "first_call")
+MAX_STREAMS = 256  # far above any engine's batch: a typo (1200 for 12) fails at once
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _finite(value) and value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return _finite(value) and value >= 0
+
+
+def _between(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda value: _finite(value) and low <= value <= high
+
+
+def _one_of(names: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda value: value in names
+
+
+Rule = tuple[Callable[[Any], bool], str]
+SECONDS: Rule = (_positive, "finite and > 0 (seconds)")
+MARGIN: Rule = (_non_negative, "finite and >= 0 (seconds)")
+AT_LEAST_ONE: Rule = (lambda v: _finite(v) and v >= 1, ">= 1")
+RULES: dict[str, Rule] = {
+    "solve.num_streams": (_between(1, MAX_STREAMS), f">= 1 and <= {MAX_STREAMS}"),
+    "solve.profile": (_one_of(PROFILES), f"one of {', '.join(PROFILES)}"),
+    "solve.stream_timeout_s": (lambda v: v is None or _positive(v), "finite and > 0 (seconds)"),
+    "solve.sampling.temperature": (_non_negative, "finite and >= 0"),
+    "solve.sampling.top_p": (lambda v: _finite(v) and 0 < v <= 1, "> 0 and <= 1"),
+    "solve.sampling.top_k": (_non_negative, ">= 0 (0: off)"),
+    "solve.sampling.min_p": (_between(0, 1), ">= 0 and <= 1"),
+    "solve.sampling.max_tokens": AT_LEAST_ONE,
+    "solve.tir.max_code_calls": (_non_negative, ">= 0"),
+    "solve.tir.code_timeout_s": SECONDS,
+    "solve.tir.code_wall_timeout_s": SECONDS,
+    "solve.tir.output_max_chars": AT_LEAST_ONE,
+    "solve.tir.code_memory_mb": AT_LEAST_ONE,
+    "solve.harmony.reasoning_effort": (_one_of(("low", "medium", "high")),
+                                       "one of low, medium, high"),
+    "solve.harmony.max_tool_turns": (_non_negative, ">= 0"),
+    "solve.harmony.code_timeout_s": SECONDS,
+    "budget.base_s": SECONDS,
+    "budget.max_extra_s": MARGIN,
+    "budget.total_s": SECONDS,
+    "budget.safety_margin_s": MARGIN,
+    "budget.min_per_problem_s": MARGIN,
+    "budget.num_problems": AT_LEAST_ONE,
+    "submission.load": (_one_of(LOAD_MODES), f"one of {', '.join(LOAD_MODES)}"),
+    "submission.load_timeout_s": SECONDS,
+    "submission.wind_down_s": MARGIN,
+    "submission.return_margin_s": MARGIN,
+    "submission.restart_timeout_s": SECONDS,
+}
+
+
+def check_setting(key: str, value: Any, name: str | None = None) -> None:
+    """Raise ``ConfigError`` when ``value`` is out of range for setting ``key`` (``name``: how
+    the user spelled it, e.g. ``--streams``; default the key)."""
+    accepts, what = RULES[key]
+    if not accepts(value):
+        raise ConfigError(f"{name or key} must be {what}, got {value!r}")
+
+
+def validate_config(config: Config) -> Config:
+    """Every setting with a rule checked; the first out-of-range one raises ``ConfigError``."""
+    for key in RULES:
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        check_setting(key, value)
+    return config
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build a ``Config`` from nested dicts (the shape of the TOML file)."""
-    data = {k: v for k, v in data.items() if k not in TABLES_READ_ELSEWHERE}
-    return dataclass_from_table(Config, data)
+    """Build a ``Config`` from nested dicts (the shape of the TOML file), range-checked."""
+    return validate_config(dataclass_from_table(Config, data))
 
 
 def read_toml(path: Path, what: str, error: type[ValueError] = ConfigError) -> dict[str, Any]:
@@ -185,12 +277,18 @@ def read_toml(path: Path, what: str, error: type[ValueError] = ConfigError) -> d
         raise error(f"{path}: not valid TOML ({exc})") from exc
 
 
+MODEL_SERVER_TABLE = "model_server"
+
+
 def load_config(path: str | Path | None) -> Config:
     """Load a TOML config file; None gives the defaults."""
     if path is None:
         return Config()
     p = Path(path)
     data = read_toml(p, "config file", ConfigError)
+    # A recipe may also hold the model server that the launcher starts (``aimo-infer
+    # serve-model``, which checks that table); the harness itself does not read it.
+    data.pop(MODEL_SERVER_TABLE, None)
     try:
         return config_from_dict(data)
     except ConfigError as exc:

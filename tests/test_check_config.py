@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from aimo_infer.check_config import check_config
 from aimo_infer.cli import main
-from aimo_infer.config import tomllib
+from aimo_infer.config import SolveConfig, tomllib
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "kaggle-aimo3-gptoss.toml"
 
@@ -62,11 +63,27 @@ def test_the_aimo3_recipe_passes_and_prints_one_table(capsys: pytest.CaptureFixt
                        ("solve.num_streams", "8"), ("solve.sampling.min_p", "0.02"),
                        ("solve.harmony.code_timeout_s", "6.0"),
                        ("solve.harmony.max_tool_turns", "128"),
-                       ("budget.preset", "aimo3"), ("solve.select", "entropy")]:
+                       ("budget.preset", "aimo3"), ("solve.stop_policy", "agree=4")]:
         line = next(ln for ln in out.splitlines() if f" {key} " in ln)
         assert f" {value} " in line, line
     assert "--enable-prefix-caching" in out.replace("\n", "")
     assert "solve.tir.max_code_calls" not in out  # harmony reads its own limits
+
+
+def test_the_recipe_with_the_selection_keys_passes_with_them_pending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The keys confidence-aware selection will read are accepted, shown and marked pending."""
+    data = recipe()
+    data["solve"].update(stop_policy="agree=4,leader", select="entropy",
+                         confidence={"logprobs": 5})
+    report = check_config(write(tmp_path, data))
+    assert report.errors == [], report.errors
+    if "select" not in {f.name for f in dataclasses.fields(SolveConfig)}:  # not in yet
+        remarks = {key: remark for key, _, remark in report.rows}
+        assert remarks["solve.select"].startswith("pending")
+        assert remarks["solve.confidence.logprobs"].startswith("pending")
+        assert remarks["solve.stop_policy"].startswith("leader: pending")
 
 
 @pytest.mark.parametrize(
@@ -75,13 +92,15 @@ def test_the_aimo3_recipe_passes_and_prints_one_table(capsys: pytest.CaptureFixt
         (lambda d: d["engine"].update(name="hf"), "needs token-in/token-out"),
         (lambda d: d["engine"]["options"].update(server="llama-cpp-python"), "token ids"),
         (lambda d: d["model_server"].update(kind="llamacpp"), "has none; use vllm"),
-        (lambda d: d["solve"]["sampling"].update(min_p=1.5), "min_p: must be in [0, 1)"),
+        (lambda d: d["solve"]["sampling"].update(min_p=1.5), "min_p must be >= 0 and <= 1"),
         (lambda d: d["solve"]["harmony"].update(reasoning_effort="max"), "reasoning_effort"),
         (lambda d: d["solve"]["sampling"].update(max_tokens=70000), "leaves no room"),
         (lambda d: d["engine"]["options"].update(context_length=32768), "--max-model-len"),
         (lambda d: d["solve"].update(stop_policy="agree=x,leader"), "stop_policy"),
         (lambda d: d["solve"].update(select="best"), "solve.select"),
-        (lambda d: d["budget"].update(preset="fast"), "budget.preset"),
+        (lambda d: d["budget"].update(preset="fast"), "budget.preset must be one of"),
+        (lambda d: d["budget"].update(high_s=100.0), "budget.high_s must be >= budget.base_s"),
+        (lambda d: d["model_server"].update(host="0.0.0.0"), "loopback"),
         (lambda d: d["solve"].update(prompt="nope"), "unknown prompt profile"),
         (lambda d: d["solve"].update(streams=8), "unknown key(s) ['streams']"),
         (lambda d: d["submission"].update(trace="/nonexistent/dir/t.jsonl"), "does not exist"),

@@ -73,3 +73,25 @@ def test_bad_toml_names_the_key(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "num_stream" in proc.stderr and "unknown key" in proc.stderr
+
+
+def test_a_binary_problem_file_is_named(tmp_path: Path) -> None:
+    binary = tmp_path / "problem.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    for arg, message in ((f"@{binary}", f"{binary}: not UTF-8 text"),
+                         (f"@{tmp_path / 'missing.txt'}", f"{tmp_path / 'missing.txt'}: cannot "
+                          "read the problem")):
+        proc = subprocess.run([sys.executable, "-m", "aimo_infer", "solve", arg],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_a_problem_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    from aimo_infer.cli import read_problem_arg
+
+    path = tmp_path / "p.txt"
+    path.write_bytes("\ufeffWhat is 6 * 7?\n".encode())
+    assert read_problem_arg(f"@{path}") == "What is 6 * 7?\n"
+    assert read_problem_arg("What?") == "What?"

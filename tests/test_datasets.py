@@ -44,6 +44,8 @@ def test_unknown_source_and_id_name_the_problem() -> None:
     dataset = load_dataset("holdout")
     with pytest.raises(DatasetError, match=r"holdout\.jsonl: unknown source 'aime99'.*aime22"):
         select(dataset, sources=["aime99"])
+    with pytest.raises(DatasetError, match="comp-math-int is a dataset: pass it as the dataset"):
+        select(load_dataset("comp-math"), sources=["comp-math-int"])
     with pytest.raises(DatasetError, match="no problem with id 'nope'"):
         select(dataset, ids=["nope"])
     with pytest.raises(DatasetError, match="--limit"):
@@ -103,3 +105,22 @@ def test_round_trip_of_a_written_set(tmp_path: Path) -> None:
     dataset = load_dataset(str(write_jsonl(tmp_path / "s.jsonl", problems)))
     assert list(dataset.problems) == problems
     assert json.loads((tmp_path / "s.jsonl").read_text().splitlines()[0])["id"] == "p0"
+
+
+@pytest.mark.parametrize(("name", "body"), [
+    ("excel.csv", "id,problem,answer\nb1,What is 2+2?,4\n"),
+    ("notepad.jsonl", '{"id": "b1", "problem": "What is 2+2?", "answer": 4}\n'),
+])
+def test_a_utf8_byte_order_mark_is_read(tmp_path: Path, name: str, body: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())  # as Excel and Notepad save UTF-8
+    dataset = load_dataset(str(path))
+    assert [(p.id, p.problem, p.answer) for p in dataset.problems] == [
+        ("b1", "What is 2+2?", "4")]
+
+
+def test_a_binary_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "set.csv"
+    path.write_bytes(b"id,problem\n\x89PNG\xff\xfe\n")
+    with pytest.raises(DatasetError, match=r"set\.csv: cannot read as CSV"):
+        load_dataset(str(path))

@@ -119,3 +119,56 @@ def test_report_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["report", str(run)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("aimo-infer: error:") and err.count("\n") == 1
+
+
+def _damaged(change: str) -> str:
+    """A record line of a real run with one field changed to the wrong type."""
+    data = json.loads(mixed_records()[0].to_json())
+    if change == "used_s":
+        data["used_s"] = "12.5"
+    elif change == "stream tokens":
+        data["streams"][0]["tokens"] = "100"
+    elif change == "votes":
+        data["votes"] = [[5, "x"]]
+    elif change == "streams":
+        data["streams"] = {"0": {}}
+    elif change == "missing":
+        del data["stop_reason"]
+    elif change == "not an object":
+        data = [data]
+    return json.dumps(data) + "\n"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("used_s", "used_s: expected float, got '12.5'"),
+    ("stream tokens", "streams[0].tokens: expected int, got '100'"),
+    ("votes", "votes: expected [answer, count] pairs"),
+    ("streams", "streams: expected a list"),
+    ("missing", "missing key(s) ['stop_reason']"),
+    ("not an object", "expected a JSON object, got list"),
+])
+def test_a_wrong_typed_record_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          change: str, message: str) -> None:
+    good = mixed_records()[1].to_json() + "\n"
+    (tmp_path / "results.jsonl").write_text(good + _damaged(change))
+    for command in ("report", "simulate"):
+        assert main([command, str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "results.jsonl:2: not a problem record" in err, err
+        assert message in err, err
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_a_wrong_typed_run_config_is_one_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    for r in mixed_records():
+        append_result(tmp_path, r)
+    config = {"dataset": "d", "config": {"budget": {"total_s": "5h"}, "later_key": 1}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for command in ("report", "simulate"):
+        assert main([command, str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "config.budget.total_s: expected float, got '5h'" in err
+    config["config"]["budget"]["total_s"] = 3600  # keys of other versions are ignored
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["report", str(tmp_path)]) == 0

@@ -265,17 +265,30 @@ def test_simulate_command_on_sample_traces(tmp_path: Path,
     assert "agree4" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["simulate", "/no/such/run"], "not found: /no/such/run"),
-    (["simulate", "{run}", "--policy", "agree=9of3"], "bad stop policy"),
-    (["simulate", "{run}", "--streams", "20"], "20 streams asked"),
-    (["simulate", "{traces}", "--model", "nobody"], "no model 'nobody'"),
+@pytest.mark.parametrize(("argv", "message", "code"), [
+    (["simulate", "/no/such/run"], "not found: /no/such/run", 1),
+    (["simulate", "{run}", "--policy", "agree=9of3"], "bad stop policy", 1),
+    (["simulate", "{run}", "--streams", "20"], "20 streams asked", 1),
+    (["simulate", "{traces}", "--model", "nobody"], "no model 'nobody'", 1),
+    (["simulate", "{empty}"], "empty.jsonl: no per-sample trace records", 1),
+    (["simulate", "{bad_samples}"], "bad.jsonl:1: not a per-sample trace record", 1),
+    (["simulate", "{binary}"], "binary.jsonl: not UTF-8 text", 1),
+    (["simulate", "{run}", "--streams", "0"], "--streams must be >= 1", 2),
+    (["simulate", "{run}", "--base-s", "nan"], "--base-s must be finite and > 0", 2),
+    (["simulate", "{run}", "--tok-s-scale", "inf"], "--tok-s-scale must be finite and > 0", 2),
+    (["simulate", "{traces}", "--draws", "0"], "--draws must be >= 1", 2),
 ])
 def test_simulate_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        argv: list[str], message: str) -> None:
+                                        argv: list[str], message: str, code: int) -> None:
     record_run(tmp_path / "run", synthetic_problems(1), "all")
     traces = write_traces(tmp_path / "t.jsonl")
-    argv = [a.format(run=tmp_path / "run", traces=traces) for a in argv]
-    assert main(argv) == 1
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "bad.jsonl").write_text(json.dumps(
+        {"problem_id": "q", "reference_answer": "1", "samples": ["7"]}) + "\n")
+    (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    argv = [a.format(run=tmp_path / "run", traces=traces, empty=tmp_path / "empty.jsonl",
+                     bad_samples=tmp_path / "bad.jsonl", binary=tmp_path / "binary.jsonl")
+            for a in argv]
+    assert main(argv) == code
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
+from standins import standin_packages
 
 from aimo_infer.kaggle.gateway import read_problems
 from aimo_infer.kaggle.serve import main
@@ -18,25 +21,6 @@ from aimo_infer.solve.controller import stream_seed
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "aimo_infer" / "data" / "aimo-reference.jsonl"
 
-FAKE_SERVER = '''
-import polars as pl
-
-
-class {cls}:
-    """Stand-in with the real server's surface: listeners by name, serve, run_local_gateway."""
-
-    def __init__(self, *listeners):
-        self.listeners = {{f.__name__: f for f in listeners}}
-
-    def serve(self):
-        row = self.listeners["predict"](pl.Series("id", ["r1"]), pl.Series("problem", ["1+1?"]))
-        row.write_parquet("served.parquet")
-
-    def run_local_gateway(self, data_paths=None):
-        test = pl.read_csv(data_paths[0])
-        rows = [self.listeners["predict"](*batch) for batch in test.iter_slices(n_rows=1)]
-        pl.concat(rows).write_parquet("submission.parquet")
-'''
 
 
 def replay_trace(path: Path, frame: pl.DataFrame, streams: int) -> Path:
@@ -59,18 +43,11 @@ def replay_args(tmp_path: Path, frame: pl.DataFrame) -> list[str]:
 
 @pytest.fixture
 def fake_kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A ``kaggle_evaluation`` package on sys.path, with both competitions' servers."""
-    package = tmp_path / "pkgs" / "kaggle_evaluation"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    for module, cls in (("aimo_2_inference_server", "AIMO2InferenceServer"),
-                        ("aimo_3_inference_server", "AIMO3InferenceServer")):
-        (package / f"{module}.py").write_text(FAKE_SERVER.format(cls=cls))
-    monkeypatch.syspath_prepend(str(package.parent))
+    """The strict ``kaggle_evaluation`` stand-in (tests/standins/kaggle_evaluation) on sys.path:
+    the checks of the real 0.9.0 package, in-process; the working directory is ``tmp_path``."""
     monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    for name in [m for m in sys.modules if m.startswith("kaggle_evaluation")]:
-        del sys.modules[name]
+    with standin_packages():
+        yield tmp_path
 
 
 def test_help_explains_the_entry_point() -> None:
@@ -125,23 +102,30 @@ def test_kaggle_gateway_is_used_when_the_package_is_importable(
                  "--out", str(out)])
     assert code == 0
     written = pl.read_parquet(out)
-    assert sorted(written["id"]) == sorted(frame["id"])
-    assert written["answer"].to_list() == frame["answer"].cast(pl.Int64).to_list()
+    assert written.columns == ["id", "answer"]
+    assert dict(written.iter_rows()) == dict(zip(frame["id"], frame["answer"].cast(pl.Int64),
+                                                 strict=True))
 
 
 @pytest.mark.parametrize("profile", ["aimo2", "aimo3"])
 def test_a_competition_rerun_serves_kaggles_server(
     fake_kaggle: Path, monkeypatch: pytest.MonkeyPatch, profile: str
 ) -> None:
+    """In a rerun the server blocks while Kaggle's gateway (here the stand-in's) serves the
+    hidden test.csv; the gateway writes result.json and submission.parquet."""
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
-    frame = read_problems(REFERENCE).head(1)
-    args = replay_args(fake_kaggle, frame)
+    frame = read_problems(REFERENCE).head(3)
+    frame.drop("answer").write_csv(fake_kaggle / "hidden.csv")
+    monkeypatch.setenv("KAGGLE_EVALUATION_STANDIN_TEST_CSV", str(fake_kaggle / "hidden.csv"))
+    args = replay_args(fake_kaggle, frame.head(2))  # no script for the third: the fallback
     args[args.index("--profile") + 1] = profile
     assert main(args) == 0
-    served = pl.read_parquet(fake_kaggle / "served.parquet")
-    assert served["id"].to_list() == ["r1"]
-    assert served["answer"].dtype == pl.Int64  # no script for r1: the fallback answer, 0
-    assert served["answer"].to_list() == [0]
+    assert json.loads((fake_kaggle / "result.json").read_text()) == {"Succeeded": True}
+    served = pl.read_parquet(fake_kaggle / "submission.parquet")
+    assert served.schema == {"id": pl.String, "answer": pl.Int64}
+    expected = dict(zip(frame["id"], frame["answer"].cast(pl.Int64), strict=True))
+    expected[frame["id"][2]] = 0
+    assert dict(served.iter_rows()) == expected
 
 
 def test_startup_is_counted_from_the_notebook_or_the_entry_point(
@@ -156,3 +140,98 @@ def test_startup_is_counted_from_the_notebook_or_the_entry_point(
     assert 9.0 <= elapsed_before_s(time.time() - 10.0) < 60.0
     monkeypatch.setenv(STARTED_AT_ENV, str(time.time() - 300.0))
     assert 299.0 <= elapsed_before_s(time.time()) < 360.0
+
+
+def rerun_with(fake_kaggle: Path, monkeypatch: pytest.MonkeyPatch, rows: int) -> pl.DataFrame:
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    frame = read_problems(REFERENCE).head(rows)
+    frame.drop("answer").write_csv(fake_kaggle / "hidden.csv")
+    monkeypatch.setenv("KAGGLE_EVALUATION_STANDIN_TEST_CSV", str(fake_kaggle / "hidden.csv"))
+    return frame
+
+
+def test_the_server_starts_before_the_engine_has_loaded(
+    fake_kaggle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even with load = eager, the engine loads in the background after the server is up
+    (kaggle_evaluation core/relay.py:266-285: the gateway waits 900 s for the server only)."""
+    import importlib
+
+    from aimo_infer.backends import create_engine
+    from aimo_infer.kaggle import predict as predict_module
+
+    frame = rerun_with(fake_kaggle, monkeypatch, 2)
+    relay = importlib.import_module("kaggle_evaluation.core.relay")
+    server_up = threading.Event()
+    real_start = relay.Server.start
+
+    def start(self: object) -> None:
+        real_start(self)
+        server_up.set()
+
+    seen: list[bool] = []
+
+    def engine_factory(config: object) -> object:
+        seen.append(server_up.wait(timeout=30))  # an eager load would wait here in vain
+        return create_engine(config)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(relay.Server, "start", start)
+    monkeypatch.setattr(predict_module, "Predictor", functools.partial(
+        predict_module.Predictor, engine_factory=engine_factory))
+    assert main([*replay_args(fake_kaggle, frame), "--load", "eager"]) == 0
+    assert seen == [True]
+    assert json.loads((fake_kaggle / "result.json").read_text()) == {"Succeeded": True}
+    served = pl.read_parquet(fake_kaggle / "submission.parquet")
+    assert dict(served.iter_rows()) == dict(zip(frame["id"], frame["answer"].cast(pl.Int64),
+                                                strict=True))
+
+
+@pytest.mark.parametrize("bad", [["--config", "no/such.toml"], ["--streams", "0"],
+                                 ["--model", "no/such/trace.jsonl"]])
+def test_a_rerun_never_exits_nonzero_and_answers_every_problem(
+    fake_kaggle: Path, monkeypatch: pytest.MonkeyPatch, bad: list[str]
+) -> None:
+    """A broken config or engine in the rerun still gives a scored submission (fallbacks)."""
+    frame = rerun_with(fake_kaggle, monkeypatch, 3)
+    args = [*replay_args(fake_kaggle, frame), "--validate"]  # the notebook passes it always
+    for flag, value in zip(bad[::2], bad[1::2], strict=True):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 0
+    assert json.loads((fake_kaggle / "result.json").read_text()) == {"Succeeded": True}
+    served = pl.read_parquet(fake_kaggle / "submission.parquet")
+    assert sorted(served["id"]) == sorted(frame["id"]) and served["answer"].to_list() == [0] * 3
+
+
+def test_validate_passes_when_the_engine_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    frame = read_problems(REFERENCE)  # --validate without --csv: the reference problems
+    code = main([*replay_args(tmp_path, frame), "--validate", "--gateway", "local",
+                 "--out", str(tmp_path / "submission.parquet")])
+    assert code == 0
+    assert "validate: passed (30/30" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("no/such/trace.jsonl", "the engine never became ready"),
+    (None, "every one of 3 answers was the fallback"),
+])
+def test_validate_fails_a_save_run_that_would_score_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    model: str | None, message: str
+) -> None:
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    frame = read_problems(REFERENCE).head(3)
+    frame.write_csv(tmp_path / "test.csv")
+    args = replay_args(tmp_path, frame.head(0))  # a trace with no script: no answers
+    if model is not None:
+        args[args.index("--model") + 1] = model
+    code = main([*args, "--validate", "--gateway", "local", "--csv", str(tmp_path / "test.csv"),
+                 "--out", str(tmp_path / "submission.parquet")])
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert pl.read_parquet(tmp_path / "submission.parquet")["answer"].to_list() == [0] * 3

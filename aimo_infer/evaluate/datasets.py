@@ -7,6 +7,7 @@ starts instead of halfway through.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,15 @@ class Dataset:
     def sources(self) -> list[str]:
         return sorted({p.source for p in self.problems})
 
+    @property
+    def digest(self) -> str:
+        """A fingerprint of the problems (ids, texts, answers, sources): two files with the
+        same name but other problems are told apart, a copied file is recognised."""
+        h = hashlib.sha256()
+        for p in self.problems:
+            h.update(json.dumps([p.id, p.problem, p.answer, p.source]).encode() + b"\n")
+        return h.hexdigest()[:16]
+
 
 def load_dataset(name_or_path: str) -> Dataset:
     """A bundled set by name (``comp-math``, ``comp-math-int``, ``aimo-reference``,
@@ -99,8 +109,10 @@ def select(
         known = set(dataset.sources)
         unknown = [s for s in sources if s not in known]
         if unknown:
+            hint = (f" ({unknown[0]} is a dataset: pass it as the dataset argument)"
+                    if unknown[0] in BUNDLED else "")
             raise DatasetError(f"{dataset.path}: unknown source {unknown[0]!r}; sources: "
-                               f"{', '.join(dataset.sources)}")
+                               f"{', '.join(dataset.sources)}{hint}")
         problems = [p for p in problems if p.source in set(sources)]
     if ids:
         by_id = {p.id: p for p in problems}
@@ -120,7 +132,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-empty line; errors name the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError as exc:
         raise DatasetError(f"dataset not found: {path}") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -146,7 +158,7 @@ def _read_jsonl(path: Path) -> list[Problem]:
 
 def _read_csv(path: Path) -> list[Problem]:
     try:
-        with path.open(encoding="utf-8", newline="") as fh:
+        with path.open(encoding="utf-8-sig", newline="") as fh:  # a BOM is not in a header
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             missing = [c for c in ("id", "problem") if c not in header]

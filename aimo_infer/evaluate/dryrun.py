@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aimo_infer.backends.base import Engine
-from aimo_infer.config import Config, ConfigError
+from aimo_infer.config import Config, ConfigError, check_setting
 from aimo_infer.evaluate.datasets import Problem, load_dataset, select
 from aimo_infer.evaluate.grade import grade
 from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
@@ -48,6 +48,7 @@ from aimo_infer.solve.vote import Answer
 from aimo_infer.traces import TraceWriter
 
 DEFAULT_RUNS_DIR = Path("runs")
+DEFAULT_DATASET = "comp-math"  # the bundled Comp-Math-24-25
 
 
 def serving_order(problems: Sequence[Problem], seed: int) -> list[Problem]:
@@ -58,17 +59,39 @@ def serving_order(problems: Sequence[Problem], seed: int) -> list[Problem]:
 
 
 def check_resumable(run_dir: Path, run_config: dict[str, Any]) -> None:
-    """A directory with results from other engine or solve settings cannot be continued."""
+    """``--out`` must be new, empty, or a run of the same dataset (and serving seed) with the
+    same engine and solve settings. Anything else is refused before a byte is written: a
+    foreign directory keeps its files, and two datasets or configs never mix in one run."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a directory")
     path = run_dir / CONFIG
-    if not path.is_file() or not (run_dir / RESULTS).is_file():
+    if not path.is_file():
+        if any(run_dir.iterdir()):
+            raise ConfigError(f"--out {run_dir} is not empty and holds no dry run (no {CONFIG}); "
+                              "use a new --out")
         return
     try:
         before = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg}); use a new --out") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a dry-run config (not valid JSON); use a new --out") \
+            from exc
+    if not (isinstance(before, dict) and isinstance(before.get("config"), dict)
+            and "dataset" in before):
+        raise ConfigError(f"{path}: not a dry-run config; use a new --out")
+    same_data = before["dataset"] == run_config["dataset"] and before.get(
+        "dataset_digest", run_config["dataset_digest"]) == run_config["dataset_digest"]
+    if not same_data:
+        raise ConfigError(f"{run_dir} holds a run of another dataset ({before['dataset']}, "
+                          f"{before.get('dataset_path')}); use a new --out")
+    if before.get("shuffle_seed") != run_config["shuffle_seed"]:
+        raise ConfigError(f"{run_dir} was served in another order (shuffle seed "
+                          f"{before.get('shuffle_seed')}); use a new --out")
     for section in ("engine", "solve"):
-        old, new = before.get("config", {}).get(section), run_config["config"][section]
-        if old is not None and old != new:
+        old, new = before["config"].get(section), run_config["config"][section]
+        if old != new:
+            old = old if isinstance(old, dict) else {}
             keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(f"{run_dir} was started with other {section} settings "
                               f"({', '.join(f'{section}.{k}' for k in keys)}); use a new --out")
@@ -252,7 +275,7 @@ def config_sets_profile(path: str | None) -> bool:
 
 
 def add_dryrun_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """``aimo-infer dryrun DATASET``."""
+    """``aimo-infer dryrun [DATASET]``."""
     from aimo_infer.cli import add_run_options
 
     p = sub.add_parser(
@@ -263,11 +286,14 @@ def add_dryrun_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "it skips finished problems. The time limit is scaled to the subset: a per-problem "
         "share (default: config total_s / num_problems) times the number of problems.",
     )
-    p.add_argument("dataset", help="comp-math, comp-math-int, aimo-reference, holdout, or a "
-                   ".jsonl/.csv file with id, problem[, answer, source]")
+    p.add_argument("dataset", nargs="?", default=DEFAULT_DATASET,
+                   help="comp-math (Comp-Math-24-25, the default), comp-math-int, "
+                   "aimo-reference, holdout, or a .jsonl/.csv file with id, problem[, answer, "
+                   "source]")
     add_run_options(p)
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/dryrun-NAME); "
-                   "an existing one is resumed")
+                   "an existing run of the same dataset and settings is resumed, any other "
+                   "non-empty directory refused")
     p.add_argument("--limit", type=int, metavar="N", help="first N problems (after filters)")
     p.add_argument("--ids", metavar="ID,...", help="only these problem ids")
     p.add_argument("--source", metavar="NAME,...", help="only these sources (e.g. aime25)")
@@ -296,13 +322,18 @@ def prepare(args: argparse.Namespace) -> tuple[Config, list[Problem], Path, dict
     if args.profile is None and not config_sets_profile(args.config):
         config.solve.profile = dataset.profile
     parse_policy(config.solve.stop_policy)
+    for flag, value in (("--per-problem-s", args.per_problem_s),
+                        ("--time-limit", args.time_limit)):
+        if value is not None:
+            check_setting("budget.total_s", value, flag)
     config.budget = scaled_budget(config.budget, len(problems), args.per_problem_s,
                                   args.time_limit)
     seed = config.solve.run_seed if args.shuffle_seed is None else args.shuffle_seed
     order = serving_order(problems, seed)
     run_dir = Path(args.out) if args.out else DEFAULT_RUNS_DIR / f"dryrun-{dataset.name}"
     run_config = {
-        "dataset": dataset.name, "dataset_path": str(dataset.path), "shuffle_seed": seed,
+        "dataset": dataset.name, "dataset_path": str(dataset.path),
+        "dataset_digest": dataset.digest, "shuffle_seed": seed,
         "order": [p.id for p in order], "config": dataclasses.asdict(config),
     }
     return config, order, run_dir, run_config
@@ -310,8 +341,6 @@ def prepare(args: argparse.Namespace) -> tuple[Config, list[Problem], Path, dict
 
 def cmd_dryrun(args: argparse.Namespace) -> int:
     config, order, run_dir, run_config = prepare(args)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a directory")
     check_resumable(run_dir, run_config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG).write_text(json.dumps(run_config, indent=2, default=str) + "\n",

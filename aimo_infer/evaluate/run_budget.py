@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from aimo_infer.config import BudgetConfig, ConfigError
+from aimo_infer.kaggle.budget import wind_down
 
 
 def scaled_budget(budget: BudgetConfig, num_problems: int, per_problem_s: float | None = None,
@@ -25,6 +26,6 @@ def scaled_budget(budget: BudgetConfig, num_problems: int, per_problem_s: float 
 
 
 def solve_window(allotted_s: float, wind_down_s: float) -> float:
-    """The controller's deadline within an allotment, as the submission sets it: the solve
-    ends ``wind_down_s`` early (at most a quarter of the allotment) to leave time to answer."""
-    return allotted_s - min(wind_down_s, 0.25 * allotted_s)
+    """The controller's deadline within an allotment: the submission's own wind-down rule
+    (``aimo_infer.kaggle.budget.wind_down``), so a dry run stops where ``predict`` would."""
+    return wind_down(allotted_s, wind_down_s, 0.0).solve_s

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aimo_infer.config import Config, dataclass_from_table
 from aimo_infer.solve.vote import Answer
+from aimo_infer.traces import read_jsonl_tolerant, repair_torn_tail
 
 TRACES = "traces.jsonl"
 RESULTS = "results.jsonl"
@@ -79,11 +81,22 @@ class ProblemRecord:
         return json.dumps(asdict(self), ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProblemRecord:
-        data = dict(data)
-        data["streams"] = [StreamRecord(**s) for s in data.get("streams", [])]
-        data["votes"] = [(a, int(c)) for a, c in data.get("votes", [])]
-        return cls(**data)
+    def from_dict(cls, data: Any) -> ProblemRecord:
+        """A record from its JSON object; a missing, unknown or wrong-typed field raises
+        ``ValueError`` naming it (a report must not fail halfway on a bad value)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        streams, votes = data.get("streams", []), data.get("votes", [])
+        if not isinstance(streams, list):
+            raise ValueError(f"streams: expected a list, got {streams!r}")
+        if not isinstance(votes, list) or not all(_is_vote(v) for v in votes):
+            raise ValueError(f"votes: expected [answer, count] pairs, got {votes!r}")
+        record: ProblemRecord = dataclass_from_table(
+            cls, {**data, "streams": [], "votes": []}, error=ValueError)
+        record.streams = [dataclass_from_table(StreamRecord, s, f"streams[{i}]", ValueError)
+                          for i, s in enumerate(streams)]
+        record.votes = [(a, c) for a, c in votes]
+        return record
 
     @property
     def stopped_early(self) -> bool:
@@ -97,23 +110,23 @@ class ProblemRecord:
         return ", ".join(parts) or "no votes"
 
 
+def _is_vote(pair: Any) -> bool:
+    """``[answer, count]``: an int or str answer, a count >= 1."""
+    return (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (int, str))
+            and not isinstance(pair[0], bool) and isinstance(pair[1], int)
+            and not isinstance(pair[1], bool) and pair[1] >= 1)
+
+
 def read_results(run_dir: str | Path) -> list[ProblemRecord]:
     """The finished problems of a run, in the order they finished; errors name file and line."""
     path = Path(run_dir) / RESULTS
     if not path.is_file():
         raise FileNotFoundError(f"no {RESULTS} in {run_dir} (not a dry-run directory?)")
-    lines = path.read_text(encoding="utf-8").split("\n")
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, data in read_jsonl_tolerant(path, "a JSON record"):
         try:
-            records.append(ProblemRecord.from_dict(json.loads(line)))
-        except json.JSONDecodeError as exc:
-            if number >= len(lines) - 1:  # a torn last line: the run was killed mid-write
-                break
-            raise ValueError(f"{path}:{number}: not a JSON record ({exc.msg})") from exc
-        except (TypeError, KeyError) as exc:
+            records.append(ProblemRecord.from_dict(data))
+        except ValueError as exc:
             raise ValueError(f"{path}:{number}: not a problem record ({exc})") from exc
     return records
 
@@ -127,13 +140,8 @@ def append_result(run_dir: str | Path, record: ProblemRecord) -> None:
 
 
 def repair_results(run_dir: str | Path) -> None:
-    """Drop a torn last line (a kill mid-write) so that appending continues on a clean line."""
-    path = Path(run_dir) / RESULTS
-    if not path.is_file():
-        return
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
+    """Make results.jsonl end on a line boundary (a kill mid-write) before appending."""
+    repair_torn_tail(Path(run_dir) / RESULTS)
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -147,6 +155,12 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({exc.msg})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
+    if "config" in data:  # the values the report and the simulator read must have their types
+        try:
+            dataclass_from_table(Config, data["config"], "config", ValueError,
+                                 ignore_unknown=True)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
     return data
 
 

@@ -70,7 +70,7 @@ def _parse(file: Path, number: int, line: str) -> SampledProblem:
                         for s in row["samples"])
         return SampledProblem(str(row["problem_id"]), str(row.get("model", file.stem)),
                               str(row.get("dataset", "")), reference, samples)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{file}:{number}: not a per-sample trace record ({exc})") from exc
 
 

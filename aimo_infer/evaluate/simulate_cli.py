@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aimo_infer.config import BudgetConfig, SubmissionConfig
+from aimo_infer.config import (
+    BudgetConfig,
+    ConfigError,
+    SubmissionConfig,
+    check_setting,
+    dataclass_from_table,
+)
 from aimo_infer.evaluate.run_budget import scaled_budget
 from aimo_infer.evaluate.runs import ProblemRecord, read_results, read_run_config
 from aimo_infer.evaluate.sample_traces import (
@@ -189,6 +195,21 @@ def _budget_from(base: BudgetConfig, args: argparse.Namespace) -> BudgetConfig:
     return dataclasses.replace(base, **changes)
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The numeric flags, by the config's rules where they set a config value."""
+    for flag, key, value in (("--streams", "solve.num_streams", args.streams),
+                             ("--base-s", "budget.base_s", args.base_s),
+                             ("--max-extra-s", "budget.max_extra_s", args.max_extra_s),
+                             ("--per-problem-s", "budget.total_s", args.per_problem_s)):
+        if value is not None:
+            check_setting(key, value, flag)
+    for flag, value in (("--tok-s-scale", args.tok_s_scale), ("--tok-s", args.tok_s)):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} must be finite and > 0, got {value!r}")
+    if args.draws < 1:
+        raise ConfigError(f"--draws must be >= 1, got {args.draws}")
+
+
 def _policies(args: argparse.Namespace, default: str) -> list[str]:
     policies = list(args.policy or [default])
     if args.sweep:
@@ -202,8 +223,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     source = Path(args.source)
     if not source.exists():
         raise FileNotFoundError(f"not found: {source}")
-    if args.streams is not None and args.streams < 1:
-        raise ValueError("--streams must be >= 1")
+    check_flags(args)
     if is_sample_trace(source):
         return _simulate_samples(source, args)
     return _simulate_run_dir(source, args)
@@ -215,7 +235,9 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
         raise ValueError(f"{run_dir}: no finished problems to simulate")
     config = read_run_config(run_dir).get("config", {})
     solve = config.get("solve", {})
-    budget_cfg = BudgetConfig(**config["budget"]) if "budget" in config else BudgetConfig()
+    budget_cfg = (dataclass_from_table(BudgetConfig, config["budget"], "config.budget",
+                                       ValueError, ignore_unknown=True)
+                  if "budget" in config else BudgetConfig())
     budget: BudgetConfig | None = _budget_from(budget_cfg, args)
     if args.per_problem_s is not None:
         budget = scaled_budget(budget, len(records), args.per_problem_s)
@@ -237,15 +259,18 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
 
 
 def _simulate_samples(path: Path, args: argparse.Namespace) -> int:
-    groups = group_by_model(load_sampled_problems(path))
+    try:
+        groups = group_by_model(load_sampled_problems(path))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    if not groups:
+        raise ValueError(f"{path}: no per-sample trace records to simulate")
     if args.model:
         unknown = [m for m in args.model if m not in groups]
         if unknown:
             raise ValueError(f"no model {unknown[0]!r} in {path}; models: "
                              f"{', '.join(sorted(groups))}")
         groups = {m: groups[m] for m in args.model}
-    if args.draws < 1 or args.tok_s <= 0:
-        raise ValueError("--draws must be >= 1 and --tok-s > 0")
     budget = _budget_from(BudgetConfig(), args)
     scores = sample_sweep(groups, _policies(args, "nemo"), args.streams or 12, args.tok_s,
                           budget, args.draws, args.seed, args.per_problem_s,

@@ -1,8 +1,9 @@
 """A local gateway that serves problems as Kaggle's AIMO gateway does, and the real one's loader.
 
 Kaggle's gateway reads ``test.csv``, shuffles it, calls ``predict`` once per problem with one
-polars Series per column (``answer`` too when the file has it), checks that exactly one row with
-the served id came back, and writes ``submission.parquet``. The server must answer within 15
+polars Series per column (``answer`` too when the file has it), checks that one row came back
+(AIMO-2 also checks its id; AIMO-3 writes the served id itself), and writes
+``submission.parquet``. The local gateway checks the id and the answer range as well. The server must answer within 15
 minutes of start-up; the first call has no deadline, later ones 30 min (AIMO-2) or 9 h (AIMO-3).
 ``run_gateway`` does the same in-process, for runs without the ``kaggle_evaluation`` package,
 and also scores the run when the answers are known.

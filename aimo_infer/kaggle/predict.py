@@ -29,7 +29,7 @@ import polars as pl
 from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
 from aimo_infer.config import Config, ConfigError, EngineConfig, TIRConfig
-from aimo_infer.kaggle.budget import Allotment, TimeBudget
+from aimo_infer.kaggle.budget import Allotment, TimeBudget, wind_down
 from aimo_infer.kaggle.gateway import ANSWER_LIMITS
 from aimo_infer.loop_thread import LoopThread, run_in_daemon_thread
 from aimo_infer.solve.controller import Controller, ProblemResult
@@ -183,6 +183,7 @@ class Predictor:
         self.budget = TimeBudget(config.budget, time.monotonic(), num_problems, elapsed_before_s)
         self.calls: list[CallRecord] = []
         self.restarts = 0
+        self.ever_ready = False  # an engine was loaded and handed to a call (or eagerly)
         self.ping_timeout_s = ping_timeout_s
         self._lock = threading.Lock()
         self._worker: LoopThread | None = None
@@ -210,6 +211,7 @@ class Predictor:
         self._ensure_loop()
         self._ready = self._submit(self._load(engine))
         self._ready.result(timeout=self.config.submission.load_timeout_s)
+        self.ever_ready = True
 
     def close(self) -> None:
         """Shut the engine and sandbox down, stop the loop thread, close the trace."""
@@ -278,9 +280,10 @@ class Predictor:
 
     def _answer(self, id_: object, problem: object, allotment: Allotment) -> tuple[int, str, str]:
         sub = self.config.submission
-        # Short allotments keep most of their time for the solve: margins shrink with them.
-        hard = allotment.deadline - min(sub.return_margin_s, 0.25 * allotment.seconds)
-        solve_deadline = allotment.deadline - min(sub.wind_down_s, 0.5 * allotment.seconds)
+        # The one wind-down rule (the dry run uses it too): margins shrink with short allotments.
+        window = wind_down(allotment.seconds, sub.wind_down_s, sub.return_margin_s)
+        begun = allotment.deadline - allotment.seconds
+        hard, solve_deadline = begun + window.answer_s, begun + window.solve_s
         text = first_value(problem)
         if not isinstance(text, str) or not text.strip():
             raise _Outcome("bad_input", f"problem is not text: {type(text).__name__}")
@@ -336,6 +339,7 @@ class Predictor:
             ready = self._ensure_loading()
             try:
                 self._controller = ready.result(timeout=max(0.0, hard - time.monotonic()))
+                self.ever_ready = True
                 return self._controller
             except concurrent.futures.TimeoutError:
                 raise _Outcome("not_ready", "the engine is still loading") from None

@@ -1,4 +1,4 @@
-"""STAND-IN engine packages (``vllm``, ``tensorrt_llm``) for adapter tests: not the real engines.
+"""STAND-IN packages (``vllm``, ``tensorrt_llm``, ``kaggle_evaluation``) for tests: not the real ones.
 
 They are importable only inside ``standin_packages()``, so no other test can mistake them for
 an installed engine.
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 STANDIN_DIR = Path(__file__).parent
-PACKAGES = ("vllm", "tensorrt_llm", "standin_core")
+PACKAGES = ("vllm", "tensorrt_llm", "standin_core", "kaggle_evaluation")
 
 
 def _loaded() -> list[str]:
