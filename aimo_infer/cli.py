@@ -24,6 +24,7 @@ PLUGIN_COMMANDS: dict[str, str] = {
     # Kaggle submission tools (aimo_infer/kaggle/)
     "budget": "aimo_infer.kaggle.budget_cli:add_budget_parser",
     "serve-model": "aimo_infer.kaggle.launcher:add_serve_model_parser",
+    "check-config": "aimo_infer.check_config:add_check_config_parser",
 }
 
 
@@ -35,7 +36,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model path or name for the engine")
     parser.add_argument("--profile", choices=["aimo2", "aimo3", "free"],
                         help="answer profile: aimo2 (0-999, mod 1000), aimo3 (0-99999), free")
-    parser.add_argument("--prompt", help="prompt profile: tir-fence, tir-toolcall, cot")
+    parser.add_argument("--prompt", help="prompt profile: tir-fence, tir-toolcall, cot, harmony")
     parser.add_argument("--streams", type=int, metavar="N", help="seeded streams per problem")
     parser.add_argument("--policy", help="early stop: preset (nemo, agree10, imagination, "
                         "agree4, all) or rules like 'agree=4of5,quorum=10'")

@@ -54,6 +54,19 @@ class EngineConfig:
 
 
 @dataclass
+class HarmonyConfig:
+    """The ``harmony`` prompt profile (gpt-oss, aimo_infer/solve/harmony.py): rendering and the
+    python tool's limits (defaults: the public AIMO-3 notebooks)."""
+
+    reasoning_effort: str = "high"  # low | medium | high
+    system_prompt: str = ""  # replaces the model identity line of the system message
+    tool_description: str = ""  # the python tool's description ("": openai-harmony's own)
+    notebook: bool = True  # show the value of a cell's last expression, as Jupyter does
+    max_tool_turns: int = 128  # a further python call ends the stream
+    code_timeout_s: float = 6.0  # CPU seconds per python call
+
+
+@dataclass
 class SolveConfig:
     """How one problem is solved: streams, prompt profile, answer profile, stopping policy."""
 
@@ -65,6 +78,7 @@ class SolveConfig:
     stream_timeout_s: float | None = None  # per-stream deadline, on top of the problem's
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     tir: TIRConfig = field(default_factory=TIRConfig)
+    harmony: HarmonyConfig = field(default_factory=HarmonyConfig)
 
 
 @dataclass
@@ -212,6 +226,10 @@ RULES: dict[str, Rule] = {
     "solve.tir.code_wall_timeout_s": SECONDS,
     "solve.tir.output_max_chars": AT_LEAST_ONE,
     "solve.tir.code_memory_mb": AT_LEAST_ONE,
+    "solve.harmony.reasoning_effort": (_one_of(("low", "medium", "high")),
+                                       "one of low, medium, high"),
+    "solve.harmony.max_tool_turns": (_non_negative, ">= 0"),
+    "solve.harmony.code_timeout_s": SECONDS,
     "budget.base_s": SECONDS,
     "budget.max_extra_s": MARGIN,
     "budget.total_s": SECONDS,

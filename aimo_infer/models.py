@@ -377,6 +377,8 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     prepare.add_argument("--cache-dir", type=Path, default=None, help="cache root directory")
     prepare.add_argument("--quiet", action="store_true", help="no progress display")
+    prepare.add_argument("--vocab-only", action="store_true",
+                         help="only the harmony profile's o200k vocabulary (gpt-oss), no model")
     prepare.set_defaults(func=_cmd_prepare)
     listing = commands.add_parser("list", help="show the default model and its cache state")
     listing.add_argument("--cache-dir", type=Path, default=None, help="cache root directory")
@@ -385,6 +387,8 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    if args.vocab_only:
+        return _prepare_vocab(args.cache_dir)
     try:
         weights = args.weights
         if weights is None:
@@ -402,6 +406,22 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     print(f"{model.name}: tokenizer {model.tokenizer_dir}")
     if model.hf_dir is not None:
         print(f"{model.name}: hf weights {model.hf_dir}")
+    return _prepare_vocab(args.cache_dir)
+
+
+def _prepare_vocab(cache_dir: Path | None) -> int:
+    """The Harmony profile's o200k vocabulary, when bpe-openai is installed (aimo_infer/vocab.py)."""
+    from aimo_infer import vocab
+
+    if importlib.util.find_spec(vocab.SOURCE_PACKAGE) is None:
+        print(f"harmony vocabulary: skipped ({vocab.INSTALL_HINT})")
+        return 0
+    try:
+        folder = vocab.prepare_vocab(cache_dir)
+    except (vocab.VocabUnavailable, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"harmony vocabulary: {folder / vocab.VOCAB_FILENAME} (sha256 ok)")
     return 0
 
 

@@ -40,7 +40,8 @@ def test_project_root_and_version_come_from_pyproject() -> None:
 
 
 @pytest.mark.parametrize(("profile", "extra"), [("cpu", "cpu"), ("vllm", "vllm"),
-                                                ("trtllm", "trtllm")])
+                                                ("trtllm", "trtllm"),
+                                                ("gptoss", "vllm,openai,harmony")])
 def test_each_profile_builds_the_project_then_its_engine(tmp_path: Path, profile: str,
                                                          extra: str) -> None:
     steps = plan_bundle(options(profile, tmp_path))

@@ -15,6 +15,7 @@ comments dropped) and run in README order in a scratch directory laid out like a
   model: minutes);
 - ``aimo-infer bundle``: run with ``--dry-run`` appended (prints the plan, downloads nothing);
 - ``aimo-infer budget``: run for real (pure arithmetic);
+- ``aimo-infer check-config``: run for real (it loads no model);
 - ``aimo-infer serve-model``: parsed and its ``[model_server]`` table loaded and checked (it
   would start a GPU model server);
 - ``kaggle ...``: the real kaggle CLI without credentials: it must get past its argument parser
@@ -144,7 +145,7 @@ def _check_aimo_infer(argv: list[str], workdir: Path) -> str | None:
     elif command == "models":
         parsed = build_parser().parse_args(args)
         return None if callable(parsed.func) else "no function for the command"
-    elif command not in ("--help", "report", "simulate", "budget"):
+    elif command not in ("--help", "report", "simulate", "budget", "check-config"):
         return f"no check for 'aimo-infer {command}': add one to tests/test_readme.py"
     code, err = _run_main(args)
     return None if code == 0 else f"exit {code}: {err.strip()[-300:]}"

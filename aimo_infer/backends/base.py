@@ -53,6 +53,9 @@ class GenerationRequest:
     min_p: float = 0.0
     stop: tuple[str, ...] = ()
     max_tokens: int = 4096
+    # Token-in/token-out (engines whose EngineInfo.token_io is True): stop on these token ids
+    # too; the token that stopped the request is the last of the streamed token_ids.
+    stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.prompt_token_ids is None):
@@ -69,6 +72,7 @@ class StreamDelta:
     num_tokens: int
     finish_reason: FinishReason | None = None
     error: str | None = None  # set with finish_reason == "error"
+    token_ids: tuple[int, ...] = ()  # the generated token ids of this delta (token_io engines)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class EngineInfo:
     tokenizer_path: str | None = None  # HF tokenizer directory for chat templates, if any
     deterministic: bool = True  # same seed and prompt give the same text
     extra: dict[str, object] = field(default_factory=dict)
+    # Takes prompt_token_ids and stop_token_ids and streams each delta's token_ids; the Harmony
+    # profile needs it (re-tokenizing text drifts from what the model generated).
+    token_io: bool = False
 
 
 class Engine(abc.ABC):

@@ -175,6 +175,7 @@ class LlamaCppEngine(Engine):
             tokenizer_path=str(self._tokenizer_path) if self._tokenizer_path else None,
             # Same seed, same text, whatever else is batched: not with float weights.
             deterministic=self._loop.batch_invariant,
+            token_io=True,  # prompt_token_ids, stop_token_ids and per-delta token_ids
             extra={
                 "gguf": str(self._gguf_path),
                 "n_threads": self._settings.n_threads,

@@ -90,6 +90,7 @@ class LiveSequence:
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: utf8_decoder())
     n_generated: int = 0
     unsent_tokens: int = 0  # sampled tokens whose text has not gone out yet
+    unsent_ids: list[int] = field(default_factory=list)  # and their ids (token-out)
 
     @property
     def prefilling(self) -> bool:
@@ -442,8 +443,9 @@ class DecodeLoop:
         seq.tokens.append(token)
         seq.n_generated += 1
         seq.unsent_tokens += 1
+        seq.unsent_ids.append(token)
         self.stats.generated_tokens += 1
-        if self.rt.is_eog(token):
+        if self.rt.is_eog(token) or token in seq.request.stop_token_ids:
             self._finish(seq, "stop", seq.decoder.decode(b"", True))
             return
         text = seq.decoder.decode(self.rt.piece(token))
@@ -456,8 +458,10 @@ class DecodeLoop:
             self._finish(seq, "length", text + seq.decoder.decode(b"", True))
             return
         if text:
-            self._emit(seq.sink, StreamDelta(text, seq.unsent_tokens))
+            self._emit(seq.sink, StreamDelta(text, seq.unsent_tokens,
+                                             token_ids=tuple(seq.unsent_ids)))
             seq.unsent_tokens = 0
+            seq.unsent_ids = []
 
     # -- endings and delivery --------------------------------------------------------------------
 
@@ -481,7 +485,8 @@ class DecodeLoop:
             self.rt.truncate(seq.seq_id, 0)
             self._free_ids.append(seq.seq_id)
         self._on_finished(seq.request)
-        self._emit(seq.sink, StreamDelta(text, seq.unsent_tokens, reason, error))
+        self._emit(seq.sink, StreamDelta(text, seq.unsent_tokens, reason, error,
+                                         token_ids=tuple(seq.unsent_ids)))
         self._compact()
 
     def _compact(self) -> None:

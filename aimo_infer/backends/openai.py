@@ -24,6 +24,10 @@ before its first byte (HTTP 429, 502, 503, 504, a connect error or timeout) is s
 server, and a server that refused or failed (5xx) is tried last for a while (a back-off, or its
 longer ``Retry-After``), so that least-loaded routing does not keep choosing a server that fails
 fast.
+
+Token-in/token-out (``Flavour.token_io``, vLLM): ``prompt`` as token ids, ``stop_token_ids``
+and ``return_token_ids`` go out (``token_io_fields``), each chunk's ``token_ids`` come back
+(``chunk_token_ids``). Other servers refuse a token request with a one-line error.
 """
 
 from __future__ import annotations
@@ -62,10 +66,11 @@ class Flavour:
     usage_stream: bool  # accepts stream_options (per-chunk usage gives exact token counts)
     deterministic: bool  # one seed, one text (no batch-dependent numerics)
     extra: dict[str, Any] = field(default_factory=dict)  # fields sent with every request
+    token_io: bool = False  # stop_token_ids in, return_token_ids out (vLLM >= 0.10.2)
 
 
 FLAVOURS: dict[str, Flavour] = {
-    "vllm": Flavour(True, True, True, True, False),
+    "vllm": Flavour(True, True, True, True, False, token_io=True),
     "trtllm": Flavour(True, True, True, True, False),
     "sglang": Flavour(True, True, True, True, False),
     # Its defaults (top_k 40, min_p 0.05, repeat_penalty 1.1) must be overridden for plain
@@ -207,6 +212,8 @@ def request_body(request: GenerationRequest, model: str, flavour: Flavour) -> di
     """The JSON body of one streaming completion request."""
     if request.prompt_token_ids is not None and not flavour.token_id_prompts:
         raise EngineError("this server does not accept token-id prompts; send text")
+    if request.stop_token_ids and not flavour.token_io:
+        raise EngineError("this server does not stop on token ids (stop_token_ids); use vLLM")
     body: dict[str, Any] = {
         "model": model,
         "prompt": list(request.prompt_token_ids) if request.prompt_token_ids is not None
@@ -227,7 +234,31 @@ def request_body(request: GenerationRequest, model: str, flavour: Flavour) -> di
     if flavour.usage_stream:
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
     body.update(flavour.extra)
+    body.update(token_io_fields(request, flavour))
     return body
+
+
+def token_io_fields(request: GenerationRequest, flavour: Flavour) -> dict[str, Any]:
+    """Token-out fields (vLLM): stop token ids, and the generated ids in every chunk."""
+    if not flavour.token_io or (request.prompt_token_ids is None and not request.stop_token_ids):
+        return {}
+    fields: dict[str, Any] = {"return_token_ids": True, "skip_special_tokens": False}
+    if request.stop_token_ids:
+        fields["stop_token_ids"] = list(request.stop_token_ids)
+    return fields
+
+
+def chunk_token_ids(choice: dict[str, Any], finish: str | None,
+                    stop_token_ids: tuple[int, ...]) -> tuple[int, ...]:
+    """The generated ids of one chunk; a stop token id the server reports (vLLM's
+    ``stop_reason``) but left out is appended, as the protocol wants it last."""
+    raw = choice.get("token_ids")
+    ids = tuple(t for t in raw if isinstance(t, int)) if isinstance(raw, list) else ()
+    matched = choice.get("stop_reason")
+    if (finish == "stop" and isinstance(matched, int) and not isinstance(matched, bool)
+            and matched in stop_token_ids and ids[-1:] != (matched,)):
+        ids += (matched,)
+    return ids
 
 
 def stop_to_append(text: str, finish: str | None, choice: dict[str, Any], stops: tuple[str, ...]) -> str:
@@ -269,6 +300,7 @@ class OpenAIEngine(Engine):
         self._info = EngineInfo(
             name="openai", model=model, context_length=context_length,
             tokenizer_path=options.tokenizer_path, deterministic=deterministic,
+            token_io=self._flavour.token_io,
             extra={"server": flavour, "endpoints": list(urls), "routing": options.routing},
         )
         self._running: dict[str, _Running] = {}
@@ -434,6 +466,7 @@ class OpenAIEngine(Engine):
         text = ""
         counted = reported = 0  # tokens the server produced / tokens already delivered
         finish: FinishReason | None = None
+        ids: tuple[int, ...] = ()  # token ids not delivered yet (token-out servers)
         async with self._client().stream("POST", endpoint.url + "/completions", json=body) as resp:
             if resp.status_code in RETRY_STATUSES:
                 raise _Refused(f"HTTP {resp.status_code}",
@@ -467,6 +500,7 @@ class OpenAIEngine(Engine):
                 choice = choices[0]
                 piece = choice.get("text") or ""
                 raw_finish = choice.get("finish_reason")
+                ids += chunk_token_ids(choice, raw_finish, request.stop_token_ids)
                 piece += stop_to_append(text + piece, raw_finish, choice, stops)
                 end = find_stop(text + piece, stops, max(0, len(text) - longest + 1)) if stops else -1
                 if end >= 0:  # a stop string: cut just after it and end the request
@@ -479,11 +513,12 @@ class OpenAIEngine(Engine):
                                                        f"the server finished with {raw_finish!r}"))
                     return
                 if finish is not None:  # delivered now: a server may hold [DONE] back
-                    self._deliver(running, StreamDelta(piece, counted - reported, finish))
+                    self._deliver(running, StreamDelta(piece, counted - reported, finish,
+                                                       token_ids=ids))
                     return
-                if piece:
-                    self._deliver(running, StreamDelta(piece, counted - reported))
-                    reported = counted
+                if piece or ids:
+                    self._deliver(running, StreamDelta(piece, counted - reported, token_ids=ids))
+                    reported, ids = counted, ()
         self._deliver(running, StreamDelta("", 0, "error", "the stream ended without a finish reason"))
 
 

@@ -33,6 +33,7 @@ class ReplaySegment:
     text: str
     tokens: int | None = None
     finish_reason: FinishReason = "stop"
+    token_ids: tuple[int, ...] | None = None  # token-out: stream these ids (``text`` unused)
 
 
 def split_tokens(text: str, count: int | None = None) -> list[str]:
@@ -77,9 +78,9 @@ class ReplayEngine(Engine):
         self._honour_stop = honour_stop
         self._yield_every = max(1, yield_every)
         self._default = default
-        self._info = EngineInfo("replay", model, context_length, None, True)
+        self._info = EngineInfo("replay", model, context_length, None, True, token_io=True)
         self._running: dict[str, bool] = {}  # request id -> cancel requested
-        self._first_prompt: dict[int, str] = {}
+        self._first_prompt: dict[int, str | tuple[int, ...]] = {}
         self._cursor: dict[int, int] = {}
         self.requests: list[GenerationRequest] = []  # every request seen, for tests and reports
         self.cancelled: list[str] = []  # request ids cancelled while running
@@ -99,7 +100,9 @@ class ReplayEngine(Engine):
         scripts: dict[int, list[ReplaySegment]] = {}
         for ev in events:
             if ev.get("event") == "segment" and (problem_id in (None, ev.get("problem_id"))):
-                seg = ReplaySegment(ev["text"], ev.get("tokens"), ev.get("finish_reason", "stop"))
+                ids = ev.get("token_ids")  # harmony segments record their token ids
+                seg = ReplaySegment(ev["text"], ev.get("tokens"), ev.get("finish_reason", "stop"),
+                                    tuple(ids) if isinstance(ids, list) else None)
                 scripts.setdefault(int(ev["seed"]), []).append(seg)
         return cls(scripts, tokens_per_s=config.options.get("tokens_per_s"))
 
@@ -120,10 +123,10 @@ class ReplayEngine(Engine):
             self._running[rid] = True
 
     def _segment_for(self, request: GenerationRequest) -> ReplaySegment | None:
-        prompt = request.prompt or ""
+        prompt = request.prompt if request.prompt is not None else request.prompt_token_ids or ()
         seed = request.seed
         first = self._first_prompt.get(seed)
-        if first is not None and len(prompt) > len(first) and prompt.startswith(first):
+        if first is not None and len(prompt) > len(first) and prompt[: len(first)] == first:
             index = self._cursor[seed] + 1  # a resumed stream: the next segment
         else:
             self._first_prompt[seed] = prompt
@@ -156,6 +159,10 @@ class ReplayEngine(Engine):
     async def _emit(
         self, rid: str, request: GenerationRequest, segment: ReplaySegment
     ) -> AsyncIterator[StreamDelta]:
+        if segment.token_ids is not None:
+            async for delta in self._emit_ids(rid, request, segment.token_ids, segment):
+                yield delta
+            return
         pieces = split_tokens(segment.text, segment.tokens)
         delay = None if self._tokens_per_s is None else 1.0 / self._tokens_per_s
         loop = asyncio.get_running_loop()
@@ -186,4 +193,29 @@ class ReplayEngine(Engine):
             yield StreamDelta("", 0, "cancelled")
             return
         yield StreamDelta("", 0, segment.finish_reason)
+
+    async def _emit_ids(
+        self, rid: str, request: GenerationRequest, ids: tuple[int, ...], segment: ReplaySegment
+    ) -> AsyncIterator[StreamDelta]:
+        """Token-out: one id per delta; a stop token id ends the request and is streamed last."""
+        stops = set(request.stop_token_ids) if self._honour_stop else set()
+        delay = None if self._tokens_per_s is None else 1.0 / self._tokens_per_s
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, token in enumerate(ids):
+            if self._running[rid]:
+                yield StreamDelta("", 0, "cancelled")
+                return
+            if delay is not None:
+                await asyncio.sleep(max(0.0, start + (i + 1) * delay - loop.time()))
+            elif i % self._yield_every == self._yield_every - 1:
+                await asyncio.sleep(0)
+            if token in stops:
+                yield StreamDelta("", 1, "stop", token_ids=(token,))
+                return
+            if i + 1 >= request.max_tokens and i + 1 < len(ids):
+                yield StreamDelta("", 1, "length", token_ids=(token,))
+                return
+            yield StreamDelta("", 1, token_ids=(token,))
+        yield StreamDelta("", 0, "cancelled" if self._running[rid] else segment.finish_reason)
 

@@ -114,6 +114,7 @@ class RawDelta:
     num_tokens: int
     finish_reason: str | None = None  # set on the engine's last chunk
     stop_reason: str | int | None = None  # the stop string or token id the engine stopped on
+    token_ids: tuple[int, ...] = ()  # the chunk's generated ids (engines with token_io)
 
 
 _CANCELLED = object()
@@ -242,17 +243,17 @@ class StreamingEngine(Engine):
                 # Engine-side stop strings can be missed; ours ends the request here, and the
                 # generator's cleanup aborts the engine request if it is still running.
                 state.engine_active = item.finish_reason is None
-                yield StreamDelta(text, item.num_tokens, "stop")
+                yield StreamDelta(text, item.num_tokens, "stop", token_ids=item.token_ids)
                 return
             if item.finish_reason is None:
-                yield StreamDelta(text, item.num_tokens)
+                yield StreamDelta(text, item.num_tokens, token_ids=item.token_ids)
                 continue
             state.engine_active = False
             finish = map_finish_reason(item.finish_reason)
             if finish == "stop" and isinstance(item.stop_reason, str) and item.stop_reason:
                 text += item.stop_reason  # the engine stripped its stop string: put it back
             error = f"engine finish reason {item.finish_reason!r}" if finish == "error" else None
-            yield StreamDelta(text, item.num_tokens, finish, error)
+            yield StreamDelta(text, item.num_tokens, finish, error, token_ids=item.token_ids)
             return
 
     async def _pump(

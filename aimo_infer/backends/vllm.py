@@ -47,6 +47,8 @@ def vllm_sampling_kwargs(request: GenerationRequest, max_tokens: int) -> dict[st
         "max_tokens": max_tokens,
         "stop": list(request.stop) or None,
         "include_stop_str_in_output": True,
+        # Token-out: vLLM keeps the stop token as the last of the output's token_ids.
+        "stop_token_ids": list(request.stop_token_ids) or None,
     }
 
 
@@ -99,6 +101,7 @@ class VLLMEngine(StreamingEngine):
             tokenizer_path=str(options.get("tokenizer") or config.model),
             # Seeded sampling is reproducible per request, but batching changes float sums.
             deterministic=identical is not None,
+            token_io=True,  # prompt_token_ids in, stop_token_ids, each output's token_ids out
             extra={"identical_seeds": identical is not None, "options": options,
                    "version": str(getattr(vllm, "__version__", "unknown"))},
         )
@@ -128,6 +131,7 @@ class VLLMEngine(StreamingEngine):
                 num_tokens=len(completion.token_ids),
                 finish_reason=completion.finish_reason if out.finished else None,
                 stop_reason=completion.stop_reason,
+                token_ids=tuple(completion.token_ids),
             )
 
     async def _abort(self, request_id: str) -> None:

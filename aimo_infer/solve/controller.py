@@ -18,6 +18,7 @@ from aimo_infer.backends.base import Engine, GenerationRequest, find_stop
 from aimo_infer.config import Config
 from aimo_infer.solve.answer import extract_answer, prose
 from aimo_infer.solve.cutoff import CANCEL_GRACE_S, cancel_in_background, cut_grace, end_tasks
+from aimo_infer.solve.harmony import HarmonyLoop, answer_text
 from aimo_infer.solve.policies import StopPolicy, parse_policy
 from aimo_infer.solve.prompts import load_profile, render_prompt
 from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
@@ -128,9 +129,14 @@ class Controller:
         self.policy: StopPolicy = parse_policy(config.solve.stop_policy)
         if self.profile.tool_format.open and runner is None:
             raise ValueError(f"prompt profile {self.profile.name!r} runs code: a sandbox is needed")
+        self.harmony: HarmonyLoop | None = None  # the Harmony profile's loop (solve/harmony.py)
+        if self.profile.tool_format.name == "harmony":
+            self.harmony = HarmonyLoop(self)
 
     def render(self, problem: str) -> str:
         """The prompt text for a problem, through the engine's chat template."""
+        if self.harmony is not None:
+            return self.harmony.render(problem)
         messages = self.profile.messages(problem, self.config.solve.tir.max_code_calls)
         return render_prompt(messages, self.engine.info.tokenizer_path)
 
@@ -278,8 +284,10 @@ class Controller:
         """Mark a stream finished, extract its answer from its prose, trace its end."""
         stream.status = StreamStatus.FINISHED
         stream.finished_at = self.clock()
-        stream.answer = extract_answer(prose(stream.text, stream.hidden),
-                                       self.config.solve.profile)
+        # Harmony answers from its final channel; text loops from the model's prose alone
+        text = (answer_text(stream.text) if self.harmony is not None
+                else prose(stream.text, stream.hidden))
+        stream.answer = extract_answer(text, self.config.solve.profile)
         self._trace("stream_end", problem_id=problem_id, stream=stream.index,
                     seed=stream.seed, end=stream.end, answer=stream.answer,
                     tokens=stream.tokens, code_calls=stream.num_code_calls,
@@ -292,7 +300,10 @@ class Controller:
         sessions: list[Session] = []  # at most one, opened at the first code block
         stream.started_at = self.clock()
         try:
-            await self._generate_loop(problem_id, stream, prompt, sessions, live)
+            if self.harmony is not None:  # Harmony: token in, token out, tool calls by token
+                await self.harmony.run(problem_id, stream, prompt, sessions)
+            else:
+                await self._generate_loop(problem_id, stream, prompt, sessions, live)
         except asyncio.CancelledError:
             if stream.end is None:  # nobody cut it: the engine raised CancelledError itself
                 stream.end, stream.error = "error", "the engine raised CancelledError"

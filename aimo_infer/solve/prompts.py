@@ -9,6 +9,11 @@ from importlib import resources
 
 from aimo_infer.solve.tir import TOOL_FORMATS, ToolFormat
 
+# gpt-oss's Harmony tool calls (``<|call|>`` to python), parsed by token in solve/harmony.py;
+# the markers are for the record only: no text watcher looks for them.
+HARMONY_TOOLS = ToolFormat("harmony", "<|channel|>", "<|call|>", ())
+_FORMATS: dict[str, ToolFormat] = {**TOOL_FORMATS, HARMONY_TOOLS.name: HARMONY_TOOLS}
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -49,10 +54,10 @@ def load_profile(name: str) -> PromptProfile:
         raise ValueError(f"unknown prompt profile {name!r}; known: {', '.join(available_profiles())}")
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     fmt = data.get("tool_format", "none")
-    if fmt not in TOOL_FORMATS:
+    if fmt not in _FORMATS:
         raise ValueError(f"prompt profile {name!r}: unknown tool_format {fmt!r}")
     return PromptProfile(name, data.get("description", ""), data.get("system", ""),
-                         data["user"], TOOL_FORMATS[fmt])
+                         data["user"], _FORMATS[fmt])
 
 
 @functools.cache

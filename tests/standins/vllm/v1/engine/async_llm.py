@@ -4,7 +4,9 @@ Behaviour kept from the real class: ``generate`` is an async generator of ``Requ
 closing or cancelling it aborts the request; ``abort`` ends the stream with a final output whose
 finish reason is "abort"; stop strings are matched by the engine in decoded text (held back
 when they are not to be included); generation ends at ``max_tokens`` or ``max_model_len``
-("length") or the end token ("stop"); a prompt as long as ``max_model_len`` is rejected.
+("length") or the end token ("stop"); a token of ``stop_token_ids`` ends it with "stop",
+``stop_reason`` = that id and the id kept as the last of ``token_ids`` (vllm/v1/core/sched/
+utils.py ``check_stop``); a prompt as long as ``max_model_len`` is rejected.
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ class AsyncLLM:
             text = self._tokenizer.decode(out_ids)
             if tok == EOS_ID:
                 finish = "stop"
+            elif tok in (params.stop_token_ids or []):
+                finish, stop_reason = "stop", tok
             hits = [(text.find(s), s) for s in stops if s in text]
             if hits:
                 at, stop_reason = min(hits)
