@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from aimo_infer.backends.base import Engine, GenerationRequest
 from aimo_infer.config import Config
 from aimo_infer.solve.answer import extract_answer
+from aimo_infer.solve.genselect import GenSelectRecord
+from aimo_infer.solve.genselect_run import maybe_genselect
 from aimo_infer.solve.policies import StopPolicy, parse_policy
 from aimo_infer.solve.prompts import load_profile, render_prompt
 from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
@@ -48,6 +50,7 @@ class ProblemResult:
     streams: list[Stream]
     elapsed_s: float
     prompt: str
+    genselect: GenSelectRecord | None = None  # None: GenSelect switched off
 
     @property
     def total_tokens(self) -> int:
@@ -73,6 +76,7 @@ class ProblemResult:
             "elapsed_s": self.elapsed_s,
             "total_tokens": self.total_tokens,
             "streams": streams,
+            "genselect": None if self.genselect is None else self.genselect.to_record(),
         }
 
 
@@ -161,7 +165,10 @@ class Controller:
         vote = majority_vote([s.answer for s in finished if s.end in _VOTING_ENDS])
         result = ProblemResult(problem_id, vote.answer, vote, stop_reason, streams,
                                self.clock() - started, prompt)
-        self._trace("problem_end", problem_id=problem_id, answer=vote.answer,
+        # GenSelect (off by default): on a split vote the model judges its own solutions.
+        result = await maybe_genselect(self.engine, self.config, result, problem, deadline,
+                                       self.clock, self._trace)
+        self._trace("problem_end", problem_id=problem_id, answer=result.answer,
                     votes=[[a, c] for a, c in vote.counts], stop_reason=stop_reason,
                     elapsed_s=result.elapsed_s, total_tokens=result.total_tokens)
         return result

@@ -1,0 +1,359 @@
+"""GenSelect: trigger rule, candidates, prompt, parser, tally, and the step in the solve loop."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from aimo_infer.backends.base import Engine, EngineInfo, GenerationRequest, StreamDelta
+from aimo_infer.backends.replay import ReplayEngine, ReplaySegment
+from aimo_infer.cli import build_parser, config_from_args
+from aimo_infer.config import Config, ConfigError, GenSelectConfig, config_from_dict
+from aimo_infer.solve.controller import Controller, ProblemResult, stream_seed
+from aimo_infer.solve.genselect import (
+    Candidate,
+    Solution,
+    box_spans,
+    build_candidates,
+    derived_seed,
+    judge_messages,
+    parse_judgment,
+    summarize,
+    tail_summary,
+    tally,
+    trigger,
+)
+from aimo_infer.solve.vote import VoteResult, majority_vote
+from aimo_infer.traces import TraceWriter, read_trace
+from tests.fakes import ScriptedRunner
+
+PID = "p1"
+
+
+def vote_of(*answers: int | None) -> VoteResult:
+    return majority_vote(list(answers))
+
+
+# --- trigger -----------------------------------------------------------------------------------
+
+
+def test_trigger_needs_a_split_vote() -> None:
+    cfg = GenSelectConfig()
+    assert trigger(vote_of(4, 4, 4, 4), None, cfg) == (False, "unanimous")
+    assert trigger(vote_of(None, None), None, cfg) == (False, "no answers")
+    run, why = trigger(vote_of(*[4] * 6, *[5] * 5), None, cfg)  # leader 6/11
+    assert run and "share" in why
+    run, why = trigger(vote_of(*[4] * 6, *[5] * 5), None,
+                       GenSelectConfig(leader_share_below=0.5))  # within one vote
+    assert run and "apart" in why
+    run, why = trigger(vote_of(*[4] * 5, *[5] * 3, *[6] * 4), None, cfg)  # leader 5/12
+    assert run and "share" in why
+    assert trigger(vote_of(*[4] * 9, 5, 6, 7), None, cfg) == (False, "not split")
+
+
+def test_trigger_thresholds_are_configurable() -> None:
+    strict = GenSelectConfig(leader_share_below=0.0, margin_at_most=-1)
+    assert trigger(vote_of(4, 5), None, strict) == (False, "not split")
+    loose = GenSelectConfig(leader_share_below=0.8, margin_at_most=-1)
+    assert trigger(vote_of(*[4] * 7, 5, 6), None, loose)[0]  # 7/9 < 0.8
+
+
+def test_trigger_needs_time_left() -> None:
+    cfg = GenSelectConfig(min_time_left_s=30.0)
+    split = vote_of(4, 4, 5, 5)
+    run, why = trigger(split, 29.0, cfg)
+    assert not run and why.startswith("too little time")
+    assert trigger(split, 30.0, cfg)[0]
+    assert trigger(split, None, cfg)[0]  # no deadline at all
+
+
+# --- candidates ----------------------------------------------------------------------------------
+
+
+def test_box_spans_nested_and_unclosed() -> None:
+    text = r"a \boxed{\frac{1}{2}} b \boxed{3} c \boxed{4"
+    assert [text[s:e] for s, e in box_spans(text)] == [r"\boxed{\frac{1}{2}}", r"\boxed{3}"]
+
+
+def test_tail_summary_ends_with_the_box_and_its_delimiter() -> None:
+    text = "word " * 400 + r"so the answer is $\boxed{42}$. Trailing chatter after it."
+    summary = tail_summary(text, 20)
+    assert summary.endswith(r"$\boxed{42}$")
+    assert len(summary) <= 20 * 4
+    assert not summary.startswith("ord")  # begins on a word boundary
+
+
+def test_tail_summary_never_cuts_a_box() -> None:
+    huge = r"\boxed{" + "x+" * 300 + "1}"
+    summary = tail_summary("lead in " * 50 + huge, 10)
+    assert summary == huge  # longer than the limit, but whole
+    straddling = "intro " * 50 + r"\boxed{" + "y" * 60 + "} then more words and " + r"\boxed{7}"
+    summary = tail_summary(straddling, 12)
+    assert summary.endswith(r"\boxed{7}")
+    assert summary.startswith(r"\boxed{" + "y")  # the straddling box is kept whole
+
+
+def test_summary_prefers_text_after_the_reasoning() -> None:
+    text = "<think>long musing \\boxed{1}</think>\nClean write-up: \\boxed{2}"
+    assert summarize(text, 100) == "Clean write-up: \\boxed{2}"
+    harmony = ("<|channel|>analysis<|message|>thinking \\boxed{1}<|end|><|start|>assistant"
+               "<|channel|>final<|message|>Final: \\boxed{5}<|return|>")
+    assert summarize(harmony, 100) == "Final: \\boxed{5}"
+    assert summarize("<think>cut before the end", 100) == "<think>cut before the end"
+
+
+def solutions(spec: list[tuple[int, int]]) -> list[Solution]:
+    """(answer, tokens) per stream."""
+    return [Solution(i, a, f"stream {i} says \\boxed{{{a}}}", t) for i, (a, t) in enumerate(spec)]
+
+
+def test_candidates_one_per_answer_shortest_first() -> None:
+    sols = solutions([(7, 300), (7, 100), (9, 500), (9, 200), (9, 50), (3, 10)])
+    cands = build_candidates(sols, majority_vote([s.answer for s in sols]), GenSelectConfig(), 1)
+    assert sorted((c.answer, c.stream) for c in cands) == [(3, 5), (7, 1), (9, 4)]
+
+
+def test_candidates_caps_and_per_answer() -> None:
+    many = solutions([(a, 100 + a) for a in range(20)] * 2)
+    cands = build_candidates(many, majority_vote([s.answer for s in many]),
+                             GenSelectConfig(per_answer=3), 0)
+    assert len(cands) == 16 and len({c.answer for c in cands}) == 16  # answers first
+    sols = solutions([(7, 300), (7, 100), (7, 50), (9, 500), (9, 200)])
+    cfg = GenSelectConfig(per_answer=2, max_candidates=4)
+    cands = build_candidates(sols, majority_vote([s.answer for s in sols]), cfg, 0)
+    assert sorted(c.stream for c in cands) == [1, 2, 3, 4]  # two shortest of each
+
+
+def test_candidates_shuffle_is_seeded() -> None:
+    sols = solutions([(a, 10) for a in range(8)])
+    vote = majority_vote([s.answer for s in sols])
+    orders = {s: [c.answer for c in build_candidates(sols, vote, GenSelectConfig(), s)]
+              for s in range(6)}
+    assert orders[3] == [c.answer for c in build_candidates(sols, vote, GenSelectConfig(), 3)]
+    assert len({tuple(o) for o in orders.values()}) > 1
+    assert all(sorted(o) == list(range(8)) for o in orders.values())
+
+
+def test_prompt_numbers_the_candidates_in_shown_order() -> None:
+    cands = [Candidate(3, 9, "sum is \\boxed{9}", 10), Candidate(0, 7, "so \\boxed{7}", 5)]
+    (message,) = judge_messages("Find x.", cands)
+    text = message["content"]
+    assert "Find x." in text and "0 to 1" in text
+    assert text.index("Candidate 0:\nsum is \\boxed{9}") < text.index("Candidate 1:\nso")
+    assert "Judgment: IDX" in text
+
+
+# --- judgments ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("analysis...\nJudgment: 2", 2),
+    ("Judgment: [2]", 2),
+    ("**Judgment:** 2", 2),
+    ("**Judgment**: [1]", 1),
+    ("judgement: 0", 0),
+    ("Judgment: 1\nOn reflection...\nJudgment: 3", 3),  # the last one
+    ("Judgment: 1 ... Judgment: 7", None),  # the last is out of range: rejected, not the 1
+    ("Judgment: 12", None),  # not read as 1
+    ("Judgment: [IDX]\nwhere IDX...", None),  # the template echoed
+    ("I think candidate 2 is right.", None),  # nothing parsable
+    ("", None),
+    ("<think>Judgment: 1</think>\nJudgment: 2", 2),
+    ("<think>Judgment: 1</think>\nno verdict here", 1),
+    ("Judgment: " + "9" * 5000, None),
+])
+def test_parse_judgment(text: str, expected: int | None) -> None:
+    assert parse_judgment(text, 4) == expected
+
+
+def test_tally_votes_and_ties() -> None:
+    vote = vote_of(7, 7, 9, 9, 3)  # ordinary 7, then 9, then 3
+    assert tally([9, 9, 7, None], vote, 7) == 9
+    assert tally([9, 7], vote, 7) == 7  # tie: the ordinary choice
+    assert tally([9, 3], vote, 7) == 9  # tie without it: the vote's ranking
+    assert tally([None, None], vote, 7) == 7  # nothing parsed: the ordinary answer
+    assert tally([], vote, 7) == 7
+
+
+# --- config and flag -------------------------------------------------------------------------
+
+
+def test_config_section_and_rules() -> None:
+    cfg = config_from_dict({"genselect": {"enabled": True, "k": 8, "per_answer": 2}})
+    assert cfg.genselect.enabled and cfg.genselect.k == 8
+    for bad in ({"k": 0}, {"max_candidates": 17}, {"leader_share_below": 1.5},
+                {"margin_at_most": -2}, {"min_time_left_s": -1.0}):
+        with pytest.raises(ConfigError, match="genselect"):
+            config_from_dict({"genselect": bad})
+    with pytest.raises(ConfigError, match="unknown key"):
+        config_from_dict({"genselect": {"judges": 4}})
+
+
+def test_cli_flag_switches_it_on() -> None:
+    args = build_parser().parse_args(["solve", "1+1", "--genselect"])
+    assert config_from_args(args).genselect.enabled
+    args = build_parser().parse_args(["solve", "1+1"])
+    assert not config_from_args(args).genselect.enabled
+
+
+# --- the step in the solve loop ------------------------------------------------------------------
+
+
+def config(n: int, **gs: object) -> Config:
+    cfg = Config()
+    cfg.solve.num_streams = n
+    cfg.solve.stop_policy = "all"
+    cfg.solve.prompt = "cot"
+    cfg.genselect.enabled = True
+    cfg.genselect.min_time_left_s = 0.0
+    for key, value in gs.items():
+        setattr(cfg.genselect, key, value)
+    return cfg
+
+
+def stream_scripts(answers: list[int]) -> dict[int, list[ReplaySegment | str]]:
+    return {stream_seed(0, PID, i): [f"Work for {a}. So \\boxed{{{a}}}."]
+            for i, a in enumerate(answers)}
+
+
+def judge_picking(answer: int) -> Callable[[GenerationRequest], list[str]]:
+    """A scripted judge: names whichever candidate the prompt shows with ``answer``."""
+    def judge(request: GenerationRequest) -> list[str]:
+        shown = re.findall(r"Candidate (\d+):\n[^\n]*\\boxed\{(\d+)\}", request.prompt or "")
+        index = next(i for i, a in shown if int(a) == answer)
+        return [f"Candidate {index} checks out.\n**Judgment:** [{index}]"]
+    return judge
+
+
+def solve(engine: Engine, cfg: Config, deadline_in: float | None = None,
+          tracer: TraceWriter | None = None) -> ProblemResult:
+    async def go() -> ProblemResult:
+        ctl = Controller(engine, ScriptedRunner(), cfg, tracer=tracer)
+        deadline = None if deadline_in is None else time.monotonic() + deadline_in
+        return await ctl.solve(PID, "Find the number.", deadline)
+
+    return asyncio.run(go())
+
+
+def test_scripted_judgments_change_a_split_vote(tmp_path: Path) -> None:
+    engine = ReplayEngine(stream_scripts([7, 7, 9, 9]), default=judge_picking(9))
+    tracer = TraceWriter(tmp_path / "t.jsonl")
+    result = solve(engine, config(4), tracer=tracer)
+    tracer.close()
+    record = result.genselect
+    assert record is not None and record.ran
+    assert result.vote.answer == 7 and record.ordinary == 7
+    assert result.answer == 9 and record.chosen == 9 and record.changed
+    assert [j.answer for j in record.judgments] == [9, 9, 9, 9]
+    assert sorted(c["answer"] for c in record.candidates) == [7, 9]
+    judge_requests = [r for r in engine.requests if "/genselect/" in r.request_id]
+    assert [r.seed for r in judge_requests] == [derived_seed(0, PID, "genselect", j)
+                                                for j in range(4)]
+    assert engine.num_running() == 0
+    events = list(read_trace(tmp_path / "t.jsonl"))
+    kinds = [e["event"] for e in events]
+    assert kinds.count("genselect_judgment") == 4
+    start = next(e for e in events if e["event"] == "genselect_start")
+    assert start["shuffle_seed"] == record.shuffle_seed and len(start["candidates"]) == 2
+    end = next(e for e in events if e["event"] == "genselect_end")
+    assert end["changed"] is True and end["ordinary"] == 7 and end["chosen"] == 9
+    assert next(e for e in events if e["event"] == "problem_end")["answer"] == 9
+    assert result.to_record()["genselect"]["chosen"] == 9
+
+
+def test_unanimous_vote_does_not_run() -> None:
+    engine = ReplayEngine(stream_scripts([7, 7, 7]), default=judge_picking(7))
+    result = solve(engine, config(3))
+    assert result.genselect is not None and not result.genselect.ran
+    assert result.genselect.reason == "unanimous" and result.answer == 7
+    assert not any("/genselect/" in r.request_id for r in engine.requests)
+
+
+def test_too_little_time_does_not_run() -> None:
+    engine = ReplayEngine(stream_scripts([7, 9]), default=judge_picking(9))
+    result = solve(engine, config(2, min_time_left_s=3600.0), deadline_in=600.0)
+    assert result.genselect is not None and not result.genselect.ran
+    assert result.genselect.reason.startswith("too little time")
+    assert result.answer == 7
+    assert not any("/genselect/" in r.request_id for r in engine.requests)
+
+
+def test_switched_off_leaves_no_record() -> None:
+    cfg = config(2)
+    cfg.genselect.enabled = False
+    engine = ReplayEngine(stream_scripts([7, 9]), default=judge_picking(9))
+    result = solve(engine, cfg)
+    assert result.genselect is None and result.answer == 7
+    assert result.to_record()["genselect"] is None
+
+
+def test_nothing_parsable_keeps_the_ordinary_answer() -> None:
+    engine = ReplayEngine(stream_scripts([7, 9]),
+                          default=lambda r: ["Both look plausible to me; hard to say."])
+    result = solve(engine, config(2))
+    record = result.genselect
+    assert record is not None and record.ran
+    assert [j.index for j in record.judgments] == [None] * 4
+    assert result.answer == 7 and not record.changed
+
+
+class StallingJudge(Engine):
+    """Streams come from a replay script; judgment requests never end until cancelled, as a
+    slow engine would behave (the cancel contract of aimo_infer/backends/base.py)."""
+
+    def __init__(self, streams: ReplayEngine) -> None:
+        self.streams = streams
+        self.events: dict[str, asyncio.Event] = {}
+        self.cancelled: list[str] = []
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.streams.info
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        if "/genselect/" not in request.request_id:
+            async for delta in self.streams.generate(request):
+                yield delta
+            return
+        event = self.events[request.request_id] = asyncio.Event()
+        yield StreamDelta("Judgment: 1 ... let me reconsider", 7)
+        await event.wait()
+        del self.events[request.request_id]
+        yield StreamDelta("", 0, "cancelled")
+
+    async def cancel(self, request_id: str) -> None:
+        if request_id in self.events:
+            self.cancelled.append(request_id)
+            self.events[request_id].set()
+        else:
+            await self.streams.cancel(request_id)
+
+    def num_running(self) -> int:
+        return self.streams.num_running() + len(self.events)
+
+    async def shutdown(self) -> None:
+        await self.streams.shutdown()
+
+
+def test_deadline_cancels_judgments_on_the_engine() -> None:
+    engine = StallingJudge(ReplayEngine(stream_scripts([7, 9])))
+    result = solve(engine, config(2, max_s=0.05))
+    record = result.genselect
+    assert record is not None and record.ran
+    assert sorted(engine.cancelled) == [f"{PID}/genselect/{j}" for j in range(4)]
+    assert engine.num_running() == 0
+    assert [j.finish for j in record.judgments] == ["deadline"] * 4
+    assert [j.index for j in record.judgments] == [None] * 4  # cut text does not vote
+    assert result.answer == 7 and not record.changed
+
+
+def test_problem_deadline_bounds_the_step() -> None:
+    engine = StallingJudge(ReplayEngine(stream_scripts([7, 9])))
+    result = solve(engine, config(2, max_s=3600.0), deadline_in=1.5)
+    assert result.genselect is not None and result.genselect.ran
+    assert len(engine.cancelled) == 4 and result.answer == 7
