@@ -357,3 +357,74 @@ def test_problem_deadline_bounds_the_step() -> None:
     result = solve(engine, config(2, max_s=3600.0), deadline_in=1.5)
     assert result.genselect is not None and result.genselect.ran
     assert len(engine.cancelled) == 4 and result.answer == 7
+
+
+# --- dry run, report, simulate -------------------------------------------------------------------
+
+
+def judge_picking_nonzero(request: GenerationRequest) -> list[str]:
+    """A scripted judge that names the first candidate whose answer is not 0."""
+    shown = re.findall(r"Candidate (\d+):\n[^\n]*\\boxed\{(\d+)\}", request.prompt or "")
+    index = next(i for i, a in shown if a != "0")
+    return [f"Judgment: {index}"]
+
+
+def test_dry_run_records_both_choices_and_report_and_simulate_show_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aimo_infer.cli import main
+    from aimo_infer.evaluate.dryrun import run_problems
+    from aimo_infer.evaluate.report import write_report
+    from aimo_infer.evaluate.runs import read_results
+    from tests.dryrun_fixtures import cot_config, synthetic_problems
+
+    problems = synthetic_problems(3)
+    scripts: dict[int, list[ReplaySegment | str]] = {}
+    for n, p in enumerate(problems):
+        # p0, p1: 0 twice (shorter, first to two votes), the right answer twice; p2: unanimous
+        answers = ["0", "0", p.answer, p.answer] if n < 2 else [p.answer] * 4
+        for j, answer in enumerate(answers):
+            text = "x" * (8 + 24 * j) + f" \\boxed{{{answer}}}"
+            scripts[stream_seed(0, p.id, j)] = [ReplaySegment(text, 9 + 24 * j)]
+    engine = ReplayEngine(scripts, yield_every=1, default=judge_picking_nonzero)
+    cfg = cot_config("all", 4, len(problems))
+    cfg.genselect.enabled = True
+    cfg.genselect.min_time_left_s = 0.0
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    asyncio.run(run_problems(cfg, problems, run_dir, engine=engine))
+
+    records = {r.problem_id: r for r in read_results(run_dir)}
+    for pid in ("p0", "p1"):
+        r = records[pid]
+        assert r.genselect is not None and r.genselect["ran"] and r.genselect["changed"]
+        assert r.correct is True and r.genselect["ordinary_correct"] is False
+        assert r.genselect["ordinary"] == 0 and len(r.genselect["judgments"]) == 4
+    assert records["p2"].genselect is not None and not records["p2"].genselect_ran
+
+    report = write_report(run_dir)
+    section = report["genselect"]
+    assert section["ran"] == 2 and section["changed"] == 2 and section["fixed"] == 2
+    assert section["broke"] == 0
+    assert section["accuracy_with"] == 1.0 and section["accuracy_without"] == pytest.approx(1 / 3)
+    assert section["not_run"] == {"unanimous": 1}
+    markdown = (run_dir / "report.md").read_text()
+    assert "## GenSelect" in markdown and "without it 33.3%" in markdown
+
+    assert main(["simulate", str(run_dir), "--no-genselect", "--no-budget"]) == 0
+    out = capsys.readouterr().out
+    off = next(line for line in out.splitlines() if "GenSelect off" in line)
+    assert "1.00 / 3" in off
+    on = next(line for line in out.splitlines() if "recorded" in line and "off" not in line)
+    assert "3.00 / 3" in on
+
+
+def test_a_run_without_genselect_has_no_report_section(tmp_path: Path) -> None:
+    from aimo_infer.evaluate.report import build_report, render_markdown
+    from tests.dryrun_fixtures import record_run, synthetic_problems
+
+    records, _ = record_run(tmp_path / "run", synthetic_problems(2), "all", num_streams=4,
+                            scripted_streams=4)
+    assert all(r.genselect is None for r in records)
+    report = build_report(tmp_path / "run")
+    assert report["genselect"] is None
+    assert "GenSelect" not in render_markdown(report)

@@ -138,12 +138,14 @@ def grade_result(result: ProblemResult, problem: Problem, order: int,
         decision = max((s.finish_s for s in streams if s.end in VOTING_ENDS), default=0.0)
     correct, method = judge(submitted)
     allotment = timing.allotment
+    genselect = None if result.genselect is None else {  # both choices graded
+        **result.genselect.to_record(), "ordinary_correct": judge(result.genselect.ordinary)[0]}
     return ProblemRecord(
         problem.id, problem.source, order, problem.answer, result.answer, submitted, correct,
         method, [(a, c) for a, c in result.vote.counts], result.vote.num_missing,
         result.stop_reason, result.elapsed_s, timing.used_s, decision, allotment.base_s,
         allotment.extra_s, allotment.seconds, timing.deadline_s, timing.bank_before_s,
-        timing.bank_after_s, result.total_tokens, streams)
+        timing.bank_after_s, result.total_tokens, streams, genselect)
 
 
 def submitted_answer(answer: Answer | None, profile: str, fallback: int) -> Answer | None:

@@ -76,6 +76,9 @@ class ProblemRecord:
     bank_after_s: float
     total_tokens: int
     streams: list[StreamRecord] = field(default_factory=list)
+    # GenSelect's record (None: switched off), with "ordinary_correct": the ordinary rule's
+    # choice graded, so accuracy with and without it come from one run
+    genselect: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -97,6 +100,25 @@ class ProblemRecord:
                           for i, s in enumerate(streams)]
         record.votes = [(a, c) for a, c in votes]
         return record
+
+    @property
+    def genselect_ran(self) -> bool:
+        return bool(self.genselect and self.genselect.get("ran"))
+
+    @property
+    def ordinary_correct(self) -> bool | None:
+        """Whether the ordinary rule's choice was right (GenSelect switched off)."""
+        if not self.genselect_ran:
+            return self.correct
+        return self.genselect.get("ordinary_correct")  # type: ignore[union-attr]
+
+    @property
+    def genselect_s(self) -> float:
+        """Seconds GenSelect took on this problem (0 when it did not run)."""
+        if not self.genselect:
+            return 0.0
+        value = self.genselect.get("elapsed_s", 0.0)
+        return float(value) if isinstance(value, (int, float)) else 0.0
 
     @property
     def stopped_early(self) -> bool:
