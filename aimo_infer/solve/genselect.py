@@ -187,8 +187,8 @@ def build_candidates(solutions: Sequence[Solution], vote: VoteResult, cfg: GenSe
 
 _INSTRUCTIONS = """\
 Below is a math problem and {n} candidate solutions to it, numbered 0 to {last}. Each candidate \
-shows only the closing part of its work and states its final answer in \\boxed{{}}. The \
-candidates disagree, so at most some of them are right.
+shows only the closing part of its work and ends with its final answer (usually in \\boxed{{}}). \
+The candidates disagree, so at most some of them are right.
 
 Problem:
 {problem}
