@@ -20,6 +20,7 @@ from aimo_infer.solve.genselect import (
     Solution,
     box_spans,
     build_candidates,
+    char_offsets,
     derived_seed,
     judge_messages,
     parse_judgment,
@@ -428,3 +429,56 @@ def test_a_run_without_genselect_has_no_report_section(tmp_path: Path) -> None:
     report = build_report(tmp_path / "run")
     assert report["genselect"] is None
     assert "GenSelect" not in render_markdown(report)
+
+
+def test_a_dry_run_does_not_resume_with_genselect_toggled(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tests.dryrun_fixtures import synthetic_problems, write_jsonl
+    from tests.test_dryrun import dryrun, write_replay_trace
+
+    problems = synthetic_problems(3)
+    dataset = write_jsonl(tmp_path / "set.jsonl", problems)
+    trace = write_replay_trace(tmp_path / "replay.jsonl", problems, 4)
+    out = tmp_path / "run"
+    assert dryrun(dataset, out, trace, "--limit", "1") == 0
+    capsys.readouterr()
+    results = (out / "results.jsonl").read_bytes()
+    assert dryrun(dataset, out, trace, "--genselect") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other genselect settings (genselect.enabled)" in err
+    assert (out / "results.jsonl").read_bytes() == results
+    # a run written before GenSelect existed (no section) resumes as "off"
+    config_path = out / "config.json"
+    data = json.loads(config_path.read_text())
+    del data["config"]["genselect"]
+    config_path.write_text(json.dumps(data))
+    assert dryrun(dataset, out, trace) == 0
+
+
+def test_summary_counts_tokens_with_the_engine_tokenizer() -> None:
+    """A word-per-token tokenizer (offsets as a fast tokenizer gives them) sets the length."""
+    def words(text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", text)]
+
+    text = " ".join(f"w{i}" for i in range(500)) + r" so \boxed{12}"
+    summary = tail_summary(text, 5, words)
+    assert summary == r"w497 w498 w499 so \boxed{12}"
+
+
+def test_summary_with_the_default_model_tokenizer() -> None:
+    """The engine tokenizer's own offsets (the default model's, when it is prepared here)."""
+    from aimo_infer.models import default_model_dir, load_prepared
+    from aimo_infer.solve.genselect_run import token_offsets
+
+    pytest.importorskip("transformers")
+    prepared = load_prepared(default_model_dir())
+    if prepared is None:
+        pytest.skip("the default model is not prepared (aimo-infer models prepare)")
+    offsets = token_offsets(str(prepared.tokenizer_dir))
+    assert offsets(" hello world") and offsets is not char_offsets
+    text = "Reasoning. " * 300 + r"Therefore the answer is $\boxed{\frac{7}{2}}$."
+    summary = tail_summary(text, 12, offsets)
+    assert summary.endswith(r"$\boxed{\frac{7}{2}}$")
+    assert len(offsets(summary)) <= 13  # the word-boundary step may drop, never add, a token

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aimo_infer.backends.base import Engine
-from aimo_infer.config import Config, ConfigError, check_setting
+from aimo_infer.config import Config, ConfigError, GenSelectConfig, check_setting
 from aimo_infer.evaluate.datasets import Problem, load_dataset, select
 from aimo_infer.evaluate.grade import grade
 from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
@@ -88,8 +88,10 @@ def check_resumable(run_dir: Path, run_config: dict[str, Any]) -> None:
     if before.get("shuffle_seed") != run_config["shuffle_seed"]:
         raise ConfigError(f"{run_dir} was served in another order (shuffle seed "
                           f"{before.get('shuffle_seed')}); use a new --out")
-    for section in ("engine", "solve"):
+    for section in ("engine", "solve", "genselect"):
         old, new = before["config"].get(section), run_config["config"][section]
+        if section == "genselect" and old is None:  # a run from before GenSelect: it was off
+            old = dataclasses.asdict(GenSelectConfig())
         if old != new:
             old = old if isinstance(old, dict) else {}
             keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

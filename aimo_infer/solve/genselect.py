@@ -19,6 +19,7 @@ from aimo_infer.config import GenSelectConfig
 from aimo_infer.solve.vote import Answer, VoteResult
 
 CHARS_PER_TOKEN = 4  # the summary's length when no tokenizer is at hand
+MAX_CHARS_PER_TOKEN = 16  # a tokenizer sees at most this many characters per summary token
 THINK_END = "</think>"
 HARMONY_FINAL = "<|channel|>final<|message|>"
 _HARMONY_END_RE = re.compile(r"(?:<\|(?:return|end|call)\|>\s*)+$")
@@ -132,8 +133,9 @@ def tail_summary(text: str, max_tokens: int, offsets: TokenOffsets = char_offset
     else:
         end = len(text.rstrip())
     head = text[:end]
-    tokens = offsets(head)
-    start = 0 if len(tokens) <= max_tokens else tokens[-max_tokens][0]
+    lookback = max(0, end - max_tokens * MAX_CHARS_PER_TOKEN)  # tokenise only the tail
+    tokens = offsets(head[lookback:])
+    start = lookback + (0 if len(tokens) <= max_tokens else tokens[-max_tokens][0])
     for box_start, box_end in spans:
         if box_start < start < box_end:
             start = box_start
