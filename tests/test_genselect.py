@@ -482,3 +482,42 @@ def test_summary_with_the_default_model_tokenizer() -> None:
     summary = tail_summary(text, 12, offsets)
     assert summary.endswith(r"$\boxed{\frac{7}{2}}$")
     assert len(offsets(summary)) <= 13  # the word-boundary step may drop, never add, a token
+
+
+def test_a_failing_step_keeps_the_ordinary_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aimo_infer.solve import genselect_run
+
+    def broken(*args: object) -> str:
+        raise RuntimeError("chat template exploded")
+
+    monkeypatch.setattr(genselect_run, "render_prompt", broken)
+    engine = ReplayEngine(stream_scripts([7, 9]), default=judge_picking(9))
+    result = solve(engine, config(2))
+    assert result.answer == 7 and result.genselect is not None
+    assert result.genselect.reason.startswith("failed: RuntimeError")
+
+
+def test_a_cancelled_solve_cancels_its_judgments_on_the_engine() -> None:
+    engine = StallingJudge(ReplayEngine(stream_scripts([7, 9])))
+
+    async def go() -> None:
+        ctl = Controller(engine, ScriptedRunner(), config(2, max_s=3600.0))
+        task = asyncio.create_task(ctl.solve(PID, "Find the number.", None))
+        while len(engine.events) < 4:  # every judgment is running
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert sorted(engine.cancelled) == [f"{PID}/genselect/{j}" for j in range(4)]
+    assert engine.num_running() == 0
+
+
+def test_summary_budget_fits_the_context() -> None:
+    from aimo_infer.solve.genselect_run import summary_budget
+
+    cfg = Config()
+    assert summary_budget(cfg, 1 << 20, 16) == cfg.genselect.summary_tokens
+    assert summary_budget(cfg, 16384, 16) == (16384 - 4096 - 512) // 16 < 1024
+    assert summary_budget(cfg, 4096, 16) == 64  # never under 64

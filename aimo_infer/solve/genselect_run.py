@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -86,8 +87,13 @@ async def maybe_genselect(engine: Engine, config: Config, result: ProblemResult,
     run, reason = trigger(result.vote, time_left, gs)
     record = GenSelectRecord(False, reason, result.answer, result.answer)
     if run:
-        record = await _genselect(engine, config, result, problem, deadline, clock, trace,
-                                  reason)
+        try:
+            record = await _genselect(engine, config, result, problem, deadline, clock, trace,
+                                      reason)
+        except Exception as exc:  # GenSelect never costs the problem its ordinary answer
+            log.exception("GenSelect failed on %s; the ordinary answer stands", result.problem_id)
+            record = GenSelectRecord(True, f"failed: {type(exc).__name__}: {exc}",
+                                     result.answer, result.answer)
     record.elapsed_s = clock() - started
     trace("genselect_end", problem_id=result.problem_id, **record.to_record())
     return dataclasses.replace(result, answer=record.chosen, genselect=record,
@@ -103,7 +109,8 @@ async def _genselect(engine: Engine, config: Config, result: ProblemResult, prob
                  if s.end in _VOTING_ENDS and s.answer is not None]
     shuffle_seed = derived_seed(run_seed, pid, "genselect-shuffle")
     info = engine.info
-    n = min(gs.max_candidates, len(solutions))
+    per_answer = Counter(s.answer for s in solutions)
+    n = min(gs.max_candidates, sum(min(c, gs.per_answer) for c in per_answer.values()))
     candidates = build_candidates(solutions, result.vote, gs, shuffle_seed,
                                   summary_budget(config, info.context_length, n),
                                   token_offsets(info.tokenizer_path))
@@ -150,7 +157,14 @@ async def run_judgments(engine: Engine, config: Config, problem_id: str, prompt:
             ends[j][0] = "error"
 
     tasks = {asyncio.create_task(generate(j)): j for j in range(len(requests))}
-    _, late = await asyncio.wait(tasks, timeout=max(0.0, stop_at - clock()))
+    try:
+        _, late = await asyncio.wait(tasks, timeout=max(0.0, stop_at - clock()))
+    except asyncio.CancelledError:  # the caller gave up (a watchdog): free the engine first
+        for task, j in tasks.items():
+            if not task.done():
+                await asyncio.shield(engine.cancel(requests[j].request_id))
+                task.cancel()
+        raise
     if late:
         for task in late:
             await engine.cancel(requests[tasks[task]].request_id)
