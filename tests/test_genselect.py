@@ -158,6 +158,10 @@ def test_prompt_numbers_the_candidates_in_shown_order() -> None:
     ("**Judgment:** 2", 2),
     ("**Judgment**: [1]", 1),
     ("judgement: 0", 0),
+    ("Judgment: Candidate 3", 3),
+    ("Judgment:\n[1]", 1),
+    ("In my judgment 2 of them are wrong.", None),  # prose, not a verdict
+    ("Judgment: 0\nIn my judgment 2 of them are wrong.", 0),
     ("Judgment: 1\nOn reflection...\nJudgment: 3", 3),  # the last one
     ("Judgment: 1 ... Judgment: 7", None),  # the last is out of range: rejected, not the 1
     ("Judgment: 12", None),  # not read as 1

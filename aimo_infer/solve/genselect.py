@@ -26,9 +26,11 @@ _HARMONY_END_RE = re.compile(r"(?:<\|(?:return|end|call)\|>\s*)+$")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*\{")
 # What closes the math around a box: ``$``, ``$$``, ``\]``, ``\)``.
 _CLOSER_RE = re.compile(r"\s*(?:\$\$|\$|\\\]|\\\))")
-# "Judgment: 2", "Judgment: [2]", "**Judgment:** 2", "**Judgment**: [2]", "judgement - 2".
+# "Judgment: 2", "Judgment: [2]", "**Judgment:** 2", "**Judgment**: [2]", "judgement - 2",
+# "Judgment: Candidate 2".
 _JUDGMENT_RE = re.compile(
-    r"\**\s*judge?ment\s*\**\s*[:\-]?\s*\**\s*[:\-]?\s*\[?\s*\**\s*(\d+)", re.IGNORECASE)
+    r"judge?ment\s*\**\s*[:=\-]\s*\**\s*\[?\s*\**\s*(?:candidate\s*|solution\s*)?#?\s*(\d+)",
+    re.IGNORECASE)  # the separator is required: "in my judgment 2 of them err" is prose
 
 # A tokenizer's offsets: text -> (start, end) character span of every token.
 TokenOffsets = Callable[[str], Sequence[tuple[int, int]]]
