@@ -10,6 +10,8 @@ Definitions (per problem, then averaged; only problems with a reference answer a
   every stream (up to its deadline), estimated by the simulator with the "wait for all" policy
   (each cut stream keeps its own token rate and ends at the median length of the run's longer
   self-ended streams); savings = that estimate minus the time charged.
+- GenSelect (when switched on): accuracy with it (what was submitted) and without it (the
+  ordinary rule's choice, recorded and graded beside it), fixed and broken answers, its time.
 """
 
 from __future__ import annotations
