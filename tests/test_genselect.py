@@ -422,6 +422,17 @@ def test_dry_run_records_both_choices_and_report_and_simulate_show_them(
     on = next(line for line in out.splitlines() if "recorded" in line and "off" not in line)
     assert "3.00 / 3" in on
 
+    # the simulated rows never use GenSelect, so they match the recorded run without it
+    from aimo_infer.evaluate.simulate_cli import recorded_score, rescore_records
+
+    records = read_results(run_dir)
+    simulated = rescore_records(records, "all", None, None, 0.0, 4096)
+    off, on = recorded_score(records, genselect=False), recorded_score(records)
+    assert simulated.num_correct == off.correct == 1
+    assert simulated.total_s == pytest.approx(off.total_s)
+    assert on.total_s == pytest.approx(off.total_s + sum(r.genselect_s for r in records))
+    assert sum(r.genselect_s for r in records) > 0
+
 
 def test_a_run_without_genselect_has_no_report_section(tmp_path: Path) -> None:
     from aimo_infer.evaluate.report import build_report, render_markdown
