@@ -536,3 +536,25 @@ def test_summary_budget_fits_the_context() -> None:
     assert summary_budget(cfg, 1 << 20, 16) == cfg.genselect.summary_tokens
     assert summary_budget(cfg, 16384, 16) == (16384 - 4096 - 512) // 16 < 1024
     assert summary_budget(cfg, 4096, 16) == 64  # never under 64
+
+
+@pytest.mark.parametrize("bad", [
+    {"ran": "yes", "elapsed_s": 1.0},
+    {"ran": True, "elapsed_s": -1.0},
+    {"ran": True, "elapsed_s": 1.0, "ordinary_correct": "no"},
+    {"ran": True},
+])
+def test_a_bad_genselect_record_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            bad: dict[str, object]) -> None:
+    import json
+
+    from aimo_infer.cli import main
+    from tests.dryrun_fixtures import record, stream
+
+    good = json.loads(record("p0", "4", 4, [stream(0, 4, True, 1.0)]).to_json())
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.jsonl").write_text(json.dumps({**good, "genselect": bad}) + "\n")
+    assert main(["report", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results.jsonl:1" in err and "genselect" in err

@@ -99,6 +99,9 @@ class ProblemRecord:
         record.streams = [dataclass_from_table(StreamRecord, s, f"streams[{i}]", ValueError)
                           for i, s in enumerate(streams)]
         record.votes = [(a, c) for a, c in votes]
+        if record.genselect is not None and not _is_genselect(record.genselect):
+            raise ValueError(f"genselect: expected ran (bool), elapsed_s (>= 0), "
+                             f"ordinary_correct (bool or null), got {record.genselect!r}")
         return record
 
     @property
@@ -117,8 +120,7 @@ class ProblemRecord:
         """Seconds GenSelect took on this problem (0 when it did not run)."""
         if not self.genselect:
             return 0.0
-        value = self.genselect.get("elapsed_s", 0.0)
-        return float(value) if isinstance(value, (int, float)) else 0.0
+        return float(self.genselect["elapsed_s"])
 
     @property
     def stopped_early(self) -> bool:
@@ -130,6 +132,16 @@ class ProblemRecord:
         if self.num_missing:
             parts.append(f"none x{self.num_missing}")
         return ", ".join(parts) or "no votes"
+
+
+def _is_genselect(data: dict[str, Any]) -> bool:
+    """The fields of a GenSelect record that the report and the simulator read."""
+    elapsed = data.get("elapsed_s")
+    return (isinstance(data.get("ran"), bool) and isinstance(elapsed, (int, float))
+            and not isinstance(elapsed, bool) and elapsed >= 0
+            and (data.get("ordinary_correct") is None
+                 or isinstance(data.get("ordinary_correct"), bool))
+            and isinstance(data.get("changed", False), bool))
 
 
 def _is_vote(pair: Any) -> bool:
