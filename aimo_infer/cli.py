@@ -42,6 +42,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         "agree4, all) or rules like 'agree=4of5,quorum=10'")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="tokens per stream")
     parser.add_argument("--seed", type=int, help="run seed (stream seeds derive from it)")
+    parser.add_argument("--genselect", action="store_true",
+                        help="on a split vote, let the model judge summaries of its own "
+                        "solutions (GenSelect; settings in the config's [genselect])")
 
 
 # Flags that set a range-checked setting: flag -> (argparse dest, dotted config key).
@@ -76,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.solve.sampling.max_tokens = args.max_tokens
     if args.seed is not None:
         cfg.solve.run_seed = args.seed
+    if getattr(args, "genselect", False):
+        cfg.genselect.enabled = True
     return validate_config(cfg)
 
 

@@ -112,6 +112,23 @@ class SubmissionConfig:
 
 
 @dataclass
+class GenSelectConfig:
+    """GenSelect: on a split vote the model judges summaries of its own solutions (off by
+    default; see aimo_infer/solve/genselect.py)."""
+
+    enabled: bool = False
+    k: int = 4  # seeded judgment generations, voted
+    max_candidates: int = 16
+    per_answer: int = 1  # solutions shown per distinct answer (shortest first)
+    summary_tokens: int = 1024  # per solution: its text after the reasoning, else its tail
+    max_tokens: int = 4096  # per judgment
+    min_time_left_s: float = 30.0  # runs only when the deadline leaves at least this
+    max_s: float = 120.0  # at most this long, deadline or not
+    leader_share_below: float = 0.6  # split: the leader has less than this share of the votes
+    margin_at_most: int = 1  # or the top two are this many votes apart or closer (-1: off)
+
+
+@dataclass
 class Config:
     """Everything a run needs."""
 
@@ -119,6 +136,7 @@ class Config:
     solve: SolveConfig = field(default_factory=SolveConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    genselect: GenSelectConfig = field(default_factory=GenSelectConfig)
 
 
 def dataclass_from_table(
@@ -241,6 +259,15 @@ RULES: dict[str, Rule] = {
     "submission.wind_down_s": MARGIN,
     "submission.return_margin_s": MARGIN,
     "submission.restart_timeout_s": SECONDS,
+    "genselect.k": (_between(1, 64), ">= 1 and <= 64"),
+    "genselect.max_candidates": (_between(2, 16), ">= 2 and <= 16"),
+    "genselect.per_answer": (_between(1, 16), ">= 1 and <= 16"),
+    "genselect.summary_tokens": (_between(64, 1 << 20), ">= 64"),
+    "genselect.max_tokens": AT_LEAST_ONE,
+    "genselect.min_time_left_s": MARGIN,
+    "genselect.max_s": SECONDS,
+    "genselect.leader_share_below": (_between(0, 1), ">= 0 and <= 1 (0: off)"),
+    "genselect.margin_at_most": (lambda v: _finite(v) and v >= -1, ">= -1 (-1: off)"),
 }
 
 

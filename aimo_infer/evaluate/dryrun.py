@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aimo_infer.backends.base import Engine
-from aimo_infer.config import Config, ConfigError, check_setting
+from aimo_infer.config import Config, ConfigError, GenSelectConfig, check_setting
 from aimo_infer.evaluate.datasets import Problem, load_dataset, select
 from aimo_infer.evaluate.grade import grade
 from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
@@ -87,8 +87,10 @@ def check_resumable(run_dir: Path, run_config: dict[str, Any]) -> None:
     if before.get("shuffle_seed") != run_config["shuffle_seed"]:
         raise ConfigError(f"{run_dir} was served in another order (shuffle seed "
                           f"{before.get('shuffle_seed')}); use a new --out")
-    for section in ("engine", "solve"):
+    for section in ("engine", "solve", "genselect"):
         old, new = before["config"].get(section), run_config["config"][section]
+        if section == "genselect" and old is None:  # a run from before GenSelect: it was off
+            old = dataclasses.asdict(GenSelectConfig())
         if old != new:
             old = old if isinstance(old, dict) else {}
             keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -137,12 +139,14 @@ def grade_result(result: ProblemResult, problem: Problem, order: int,
         decision = max((s.finish_s for s in streams if s.end in VOTING_ENDS), default=0.0)
     correct, method = judge(submitted)
     allotment = timing.allotment
+    genselect = None if result.genselect is None else {  # both choices graded
+        **result.genselect.to_record(), "ordinary_correct": judge(result.genselect.ordinary)[0]}
     return ProblemRecord(
         problem.id, problem.source, order, problem.answer, result.answer, submitted, correct,
         method, [(a, c) for a, c in result.vote.counts], result.vote.num_missing,
         result.stop_reason, result.elapsed_s, timing.used_s, decision, allotment.base_s,
         allotment.extra_s, allotment.seconds, timing.deadline_s, timing.bank_before_s,
-        timing.bank_after_s, result.total_tokens, streams)
+        timing.bank_after_s, result.total_tokens, streams, genselect)
 
 
 def submitted_answer(answer: Answer | None, profile: str, fallback: int) -> Answer | None:

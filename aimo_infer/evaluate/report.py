@@ -10,6 +10,8 @@ Definitions (per problem, then averaged; only problems with a reference answer a
   every stream (up to its deadline), estimated by the simulator with the "wait for all" policy
   (each cut stream keeps its own token rate and ends at the median length of the run's longer
   self-ended streams); savings = that estimate minus the time charged.
+- GenSelect (when switched on): accuracy with it (what was submitted) and without it (the
+  ordinary rule's choice, recorded and graded beside it), fixed and broken answers, its time.
 """
 
 from __future__ import annotations
@@ -142,9 +144,10 @@ def early_stop_section(records: Sequence[ProblemRecord], max_tokens: int) -> dic
         if not r.stopped_early:
             continue
         outcome = simulate_problem(problem_from_record(r, lengths), wait_all, r.deadline_s)
+        used = r.used_s - r.genselect_s  # the estimate leaves GenSelect out, so does this
         rows.append({"problem_id": r.problem_id, "used_s": r.used_s,
                      "without_stop_s": outcome.used_s,
-                     "saved_s": max(0.0, outcome.used_s - r.used_s),
+                     "saved_s": max(0.0, outcome.used_s - used),
                      "saved_tokens": max(0, outcome.tokens - r.total_tokens),
                      "stop_reason": r.stop_reason})
     return {
@@ -152,6 +155,30 @@ def early_stop_section(records: Sequence[ProblemRecord], max_tokens: int) -> dic
         "saved_s": sum(row["saved_s"] for row in rows),
         "saved_tokens": sum(row["saved_tokens"] for row in rows),
         "per_problem": rows,
+    }
+
+
+def genselect_section(records: Sequence[ProblemRecord]) -> dict[str, Any] | None:
+    """GenSelect's net effect on the same problems: accuracy with it (what was submitted) and
+    without it (the ordinary rule's choice, recorded beside it), and the time it cost; None
+    when the run had it switched off."""
+    considered = [r for r in records if r.genselect is not None]
+    if not considered:
+        return None
+    ran = [r for r in considered if r.genselect_ran]
+    graded = [r for r in records if r.correct is not None]
+    return {
+        "considered": len(considered),
+        "ran": len(ran),
+        "changed": sum(bool(r.genselect and r.genselect.get("changed")) for r in ran),
+        "fixed": sum(bool(r.correct) and r.ordinary_correct is False for r in ran),
+        "broke": sum(r.correct is False and bool(r.ordinary_correct) for r in ran),
+        "accuracy_with": _mean([1.0 if r.correct else 0.0 for r in graded]),
+        "accuracy_without": _mean([1.0 if r.ordinary_correct else 0.0 for r in graded]),
+        "time_s": sum(r.genselect_s for r in ran),
+        "mean_s": _mean([r.genselect_s for r in ran]),
+        "not_run": dict(Counter(str(r.genselect.get("reason")) for r in considered
+                                if not r.genselect_ran and r.genselect is not None)),
     }
 
 
@@ -199,6 +226,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "time": time_section(records, config.get("budget", {})),
         "streams": stream_section(records),
         "early_stop": early_stop_section(records, max_tokens),
+        "genselect": genselect_section(records),
         "wrong": wrong_answers(records),
     }
 
@@ -257,6 +285,9 @@ def render_markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "stream (estimate: cut streams keep their token rate and end at the median length of "
         "the run's longer self-ended streams).",
         "",
+    ]
+    lines += genselect_lines(report.get("genselect"))
+    lines += [
         "## Wrong answers",
         "",
     ]
@@ -273,6 +304,26 @@ def render_markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def genselect_lines(section: dict[str, Any] | None) -> list[str]:
+    """The GenSelect paragraph of report.md (nothing when it was switched off)."""
+    if section is None:
+        return []
+    mean = section["mean_s"]
+    return [
+        "## GenSelect",
+        "",
+        f"Ran on {section['ran']} of {section['considered']} problem(s) and changed "
+        f"{section['changed']} answer(s): {section['fixed']} fixed, {section['broke']} broken. "
+        f"Accuracy with it {_pct(section['accuracy_with'])}, without it "
+        f"{_pct(section['accuracy_without'])} (same problems, both choices recorded); it cost "
+        f"{section['time_s']:.1f} s" + ("" if mean is None else
+                                          f" ({mean:.1f} s per problem it ran on)")
+        + ". Not run: " + (", ".join(f"{k} {v}" for k, v in section["not_run"].items())
+                           or "-") + ".",
+        "",
+    ]
 
 
 def _rate(value: float | None) -> str:

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aimo_infer.solve.controller import ProblemResult
+from aimo_infer.solve.genselect import GenSelectRecord
 
 
 def print_problem_result(result: ProblemResult, show_text: bool = False,
@@ -32,5 +33,20 @@ def print_problem_result(result: ProblemResult, show_text: bool = False,
     console.print(f"votes: {result.vote.split()}")
     console.print(f"stopped: {result.stop_reason} after {result.elapsed_s:.1f} s, "
                   f"{result.total_tokens} tokens ({result.tokens_per_s:.0f} tok/s)")
+    if result.genselect is not None:
+        console.print(genselect_line(result.genselect), markup=False, highlight=False)
     answer = "none (no stream produced a valid answer)" if result.answer is None else result.answer
     console.print(f"[bold]answer: {answer}[/bold]")
+
+
+def genselect_line(record: GenSelectRecord) -> str:
+    """One line: whether GenSelect ran, its judgments, both choices and its time."""
+    if not record.ran:
+        return f"genselect: did not run ({record.reason})"
+    picks = ", ".join("-" if j.index is None else f"#{j.index}->{j.answer}"
+                      for j in record.judgments)
+    shown = ", ".join(str(c["answer"]) for c in record.candidates)
+    verdict = (f"changed {record.ordinary} -> {record.chosen}" if record.changed
+               else f"kept {record.ordinary}")
+    return (f"genselect: ran ({record.reason}); candidates [{shown}]; judgments [{picks}]; "
+            f"{verdict}; {record.elapsed_s:.1f} s")

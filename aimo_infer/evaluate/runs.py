@@ -76,6 +76,9 @@ class ProblemRecord:
     bank_after_s: float
     total_tokens: int
     streams: list[StreamRecord] = field(default_factory=list)
+    # GenSelect's record (None: switched off), with "ordinary_correct": the ordinary rule's
+    # choice graded, so accuracy with and without it come from one run
+    genselect: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -96,7 +99,28 @@ class ProblemRecord:
         record.streams = [dataclass_from_table(StreamRecord, s, f"streams[{i}]", ValueError)
                           for i, s in enumerate(streams)]
         record.votes = [(a, c) for a, c in votes]
+        if record.genselect is not None and not _is_genselect(record.genselect):
+            raise ValueError(f"genselect: expected ran (bool), elapsed_s (>= 0), "
+                             f"ordinary_correct (bool or null), got {record.genselect!r}")
         return record
+
+    @property
+    def genselect_ran(self) -> bool:
+        return bool(self.genselect and self.genselect.get("ran"))
+
+    @property
+    def ordinary_correct(self) -> bool | None:
+        """Whether the ordinary rule's choice was right (GenSelect switched off)."""
+        if not self.genselect_ran:
+            return self.correct
+        return self.genselect.get("ordinary_correct")  # type: ignore[union-attr]
+
+    @property
+    def genselect_s(self) -> float:
+        """Seconds GenSelect took on this problem (0 when it did not run)."""
+        if not self.genselect:
+            return 0.0
+        return float(self.genselect["elapsed_s"])
 
     @property
     def stopped_early(self) -> bool:
@@ -108,6 +132,16 @@ class ProblemRecord:
         if self.num_missing:
             parts.append(f"none x{self.num_missing}")
         return ", ".join(parts) or "no votes"
+
+
+def _is_genselect(data: dict[str, Any]) -> bool:
+    """The fields of a GenSelect record that the report and the simulator read."""
+    elapsed = data.get("elapsed_s")
+    return (isinstance(data.get("ran"), bool) and isinstance(elapsed, (int, float))
+            and not isinstance(elapsed, bool) and elapsed >= 0
+            and (data.get("ordinary_correct") is None
+                 or isinstance(data.get("ordinary_correct"), bool))
+            and isinstance(data.get("changed", False), bool))
 
 
 def _is_vote(pair: Any) -> bool:

@@ -241,4 +241,5 @@ def problem_from_record(record: ProblemRecord, lengths: LengthModel, num_streams
         answer_correct[record.answer] = record.correct
     return SimProblem(record.problem_id, record.source, tuple(streams), answer_correct,
                       record.reference is not None,
-                      max(0.0, record.used_s - record.decision_s))
+                      # GenSelect's time is not overhead: simulated runs do not use it
+                      max(0.0, record.used_s - record.genselect_s - record.decision_s))

@@ -97,11 +97,17 @@ def score_runs(label: str, runs: Sequence[RunOutcome]) -> Score:
     )
 
 
-def recorded_score(records: Sequence[ProblemRecord]) -> Score:
-    """The recorded run, on the same scale as the simulated ones."""
-    total = sum(r.used_s for r in records)
+def recorded_score(records: Sequence[ProblemRecord], genselect: bool = True) -> Score:
+    """The recorded run, on the same scale as the simulated ones; ``genselect=False``: as if
+    GenSelect had been off (the ordinary rule's recorded choices, less the time it took)."""
+    if genselect:
+        label, right = "recorded", sum(bool(r.correct) for r in records)
+        total = sum(r.used_s for r in records)
+    else:
+        label, right = "recorded, GenSelect off", sum(bool(r.ordinary_correct) for r in records)
+        total = sum(r.used_s - r.genselect_s for r in records)
     n = len(records)
-    return Score("recorded", n, float(sum(bool(r.correct) for r in records)), None,
+    return Score(label, n, float(right), None,
                  float(sum(r.answer is None for r in records)), total / n if n else 0.0, total,
                  float(sum(r.total_tokens for r in records)),
                  float(sum(r.stopped_early for r in records)), 0.0)
@@ -177,6 +183,9 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--per-problem-s", type=float, metavar="S",
                    help="time share per problem (limit = S x problems)")
     p.add_argument("--no-budget", action="store_true", help="no deadlines at all")
+    p.add_argument("--no-genselect", action="store_true",
+                   help="run dir: add the recorded run as if GenSelect had been off (its "
+                   "ordinary choices and time are recorded); simulated rows never use it")
     p.add_argument("--tok-s-scale", type=float, default=1.0, metavar="X",
                    help="run dir: engine X times faster (0.5: half as fast)")
     p.add_argument("--tok-s", type=float, default=100.0, metavar="R",
@@ -246,6 +255,8 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
     wind_down = float(config.get("submission", {}).get("wind_down_s", 0.0))
     max_tokens = int(solve.get("sampling", {}).get("max_tokens", 4096))
     scores = [recorded_score(records)]
+    if args.no_genselect:
+        scores.append(recorded_score(records, genselect=False))
     for policy in _policies(args, solve.get("stop_policy", "nemo")):
         outcome = rescore_records(records, policy, args.streams, budget, wind_down, max_tokens,
                                   args.tok_s_scale)

@@ -18,6 +18,8 @@ from aimo_infer.backends.base import Engine, GenerationRequest, find_stop
 from aimo_infer.config import Config
 from aimo_infer.solve.answer import extract_answer, prose
 from aimo_infer.solve.cutoff import CANCEL_GRACE_S, cancel_in_background, cut_grace, end_tasks
+from aimo_infer.solve.genselect import GenSelectRecord
+from aimo_infer.solve.genselect_run import maybe_genselect
 from aimo_infer.solve.harmony import HarmonyLoop, answer_text
 from aimo_infer.solve.policies import StopPolicy, parse_policy
 from aimo_infer.solve.prompts import load_profile, render_prompt
@@ -75,6 +77,7 @@ class ProblemResult:
     elapsed_s: float
     prompt: str
     abandoned: int = 0  # streams whose task would not end after cancel (the engine holds them)
+    genselect: GenSelectRecord | None = None  # None: GenSelect switched off
 
     @property
     def total_tokens(self) -> int:
@@ -100,6 +103,7 @@ class ProblemResult:
             "elapsed_s": self.elapsed_s,
             "total_tokens": self.total_tokens,
             "streams": streams,
+            "genselect": None if self.genselect is None else self.genselect.to_record(),
         }
 
 
@@ -207,7 +211,10 @@ class Controller:
         result = ProblemResult(problem_id, vote.answer, vote, stop_reason, streams,
                                self.clock() - started, prompt,
                                sum(1 for t in tasks if not t.done()))
-        self._trace("problem_end", problem_id=problem_id, answer=vote.answer,
+        # GenSelect (off by default): on a split vote the model judges its own solutions.
+        result = await maybe_genselect(self.engine, self.config, result, problem, deadline,
+                                       self.clock, self._trace)
+        self._trace("problem_end", problem_id=problem_id, answer=result.answer,
                     votes=[[a, c] for a, c in vote.counts], stop_reason=stop_reason,
                     elapsed_s=result.elapsed_s, total_tokens=result.total_tokens)
         return result
