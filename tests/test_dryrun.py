@@ -3,7 +3,6 @@ errors, and one run on the real CPU engine."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def test_a_second_run_does_no_work(tmp_path: Path) -> None:
     record_run(tmp_path, problems, "nemo")
     before = (tmp_path / "results.jsonl").read_bytes()
     engine = ReplayEngine(scripts_for(problems, 12))
-    new = asyncio.run(run_problems(cot_config("nemo", 12, 3), problems, tmp_path, engine=engine))
+    new = run_problems(cot_config("nemo", 12, 3), problems, tmp_path, engine=engine)
     assert new == [] and engine.requests == []
     assert (tmp_path / "results.jsonl").read_bytes() == before
 
@@ -73,7 +72,7 @@ def test_resume_solves_only_the_rest_and_keeps_the_bank(tmp_path: Path) -> None:
     problems = synthetic_problems(4)
     first, _ = record_run(tmp_path, problems[:2], "nemo")
     engine = ReplayEngine(scripts_for(problems, 12), yield_every=1)
-    new = asyncio.run(run_problems(cot_config("nemo", 12, 4), problems, tmp_path, engine=engine))
+    new = run_problems(cot_config("nemo", 12, 4), problems, tmp_path, engine=engine)
     assert [r.problem_id for r in new] == ["p2", "p3"]
     assert {r.seed for r in engine.requests} == {stream_seed(0, p, i) for p in ("p2", "p3")
                                                  for i in range(12)}
@@ -87,8 +86,7 @@ def test_non_integer_and_large_answers_are_graded_as_written(tmp_path: Path) -> 
              "big": ["\\boxed{6014950}", "\\boxed{950}"]}
     scripts = {stream_seed(0, p.id, i): [texts[p.id][i]] for p in problems for i in range(2)}
     engine = ReplayEngine(scripts, yield_every=1)
-    records = asyncio.run(run_problems(cot_config("all", 2, 2), problems, tmp_path,
-                                       engine=engine))
+    records = run_problems(cot_config("all", 2, 2), problems, tmp_path, engine=engine)
     for r in records:
         assert [s.correct for s in r.streams] == [True, False], r.problem_id
     assert records[1].streams[0].answer == 6014950  # free profile: never reduced mod 1000
@@ -101,7 +99,7 @@ def test_a_torn_last_line_is_dropped_and_redone(tmp_path: Path) -> None:
     lines = path.read_text().splitlines(keepends=True)
     path.write_text(lines[0] + lines[1][:40])  # killed while writing the second record
     engine = ReplayEngine(scripts_for(problems, 12))
-    new = asyncio.run(run_problems(cot_config("nemo", 12, 2), problems, tmp_path, engine=engine))
+    new = run_problems(cot_config("nemo", 12, 2), problems, tmp_path, engine=engine)
     assert [r.problem_id for r in new] == ["p1"]
     assert [r.problem_id for r in read_results(tmp_path)] == ["p0", "p1"]
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from aimo_infer.config import BudgetConfig, ConfigError
 
+WIND_DOWN_SHARE = 0.25  # at most this share of an allotment goes to winding down
+
 
 @dataclass(frozen=True)
 class Allotment:
@@ -24,6 +26,23 @@ class Allotment:
     extra_s: float  # drawn from the shared bank (<= max_extra_s), after the global guard
     seconds: float  # time granted after the global guard
     deadline: float  # clock time at which the problem must end
+
+
+@dataclass(frozen=True)
+class Window:
+    """Inside an allotment of ``seconds``: when the solve stops, when the answer must be back."""
+
+    solve_s: float
+    answer_s: float
+
+
+def wind_down(seconds: float, wind_down_s: float, return_margin_s: float) -> Window:
+    """The solve ends ``wind_down_s`` before the allotment does and the answer is due
+    ``return_margin_s`` before it, each at most a quarter of a short allotment."""
+    seconds = max(0.0, seconds)
+    solve = seconds - min(wind_down_s, WIND_DOWN_SHARE * seconds)
+    answer = max(solve, seconds - min(return_margin_s, WIND_DOWN_SHARE * seconds))
+    return Window(solve, answer)
 
 
 def check_budget_config(config: BudgetConfig) -> None:

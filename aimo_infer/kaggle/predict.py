@@ -20,6 +20,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ import polars as pl
 from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
 from aimo_infer.config import Config, ConfigError, EngineConfig, TIRConfig
-from aimo_infer.kaggle.budget import Allotment, TimeBudget
+from aimo_infer.kaggle.budget import Allotment, TimeBudget, wind_down
 from aimo_infer.kaggle.gateway import ANSWER_LIMITS
 from aimo_infer.loop_thread import LoopThread, run_in_daemon_thread
 from aimo_infer.solve.controller import Controller, ProblemResult
@@ -115,6 +116,8 @@ class CallRecord:
     started_at: float
     deadline: float | None  # the allotment's end (None when no allotment was made)
     returned_at: float
+    allotment: Allotment | None = None
+    result: ProblemResult | None = None  # what the solve produced (None when cut or failed)
 
     @property
     def overrun(self) -> bool:
@@ -162,9 +165,14 @@ class Predictor:
         num_problems: int | None = None,
         elapsed_before_s: float = 0.0,
         ping_timeout_s: float = PING_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+        row_profile: str | None = None,
     ) -> None:
+        """``clock`` times the budget, the watchdog and the solve (a dry run pauses it between
+        problems); ``row_profile`` is the answer range of the rows (default: solve.profile; a
+        dry run over free-form answers reads the raw vote from ``CallRecord.result``)."""
         sub = config.submission
-        profile = config.solve.profile
+        profile = config.solve.profile if row_profile is None else row_profile
         if profile not in ANSWER_LIMITS:
             raise ConfigError(f"solve.profile must be aimo2 or aimo3 for a submission, "
                               f"got {profile!r}")
@@ -175,12 +183,15 @@ class Predictor:
             raise ConfigError(f"submission.load must be one of {LOAD_MODES}, got {sub.load!r}")
         self.config = config
         self.fallback = sub.fallback_answer
+        self.clock = clock
+        self._row_profile = profile
+        self._result: ProblemResult | None = None
         self._engine_factory = engine_factory
         self._runner_factory = runner_factory
         self._needs_runner = bool(load_profile(config.solve.prompt).tool_format.open)
         self._own_tracer = tracer is None and sub.trace is not None
         self.tracer = SerialTraceWriter(sub.trace) if self._own_tracer else tracer  # type: ignore[arg-type]
-        self.budget = TimeBudget(config.budget, time.monotonic(), num_problems, elapsed_before_s)
+        self.budget = TimeBudget(config.budget, clock(), num_problems, elapsed_before_s)
         self.calls: list[CallRecord] = []
         self.restarts = 0
         self.ping_timeout_s = ping_timeout_s
@@ -189,7 +200,8 @@ class Predictor:
         self._ready: concurrent.futures.Future[Controller] | None = None
         self._controller: Controller | None = None  # the one the last call solved with
         self._loop_suspect = False
-        self._closed: set[int] = set()  # ids of controllers whose engine and sandbox are shut
+        # Controllers whose engine and sandbox are shut, by object: an id() is reused once freed.
+        self._closed: weakref.WeakSet[Controller] = weakref.WeakSet()
 
     # ----- life cycle -------------------------------------------------------------------------
 
@@ -219,7 +231,7 @@ class Predictor:
         if self._ready is not None and not self._ready.done():
             self._ready.cancel()  # a load still under way is abandoned
         if worker is not None:
-            for controller in {id(c): c for c in held}.values():
+            for controller in dict.fromkeys(held):
                 try:
                     worker.submit(self._close(controller)).result(timeout=timeout)
                 except BaseException as exc:
@@ -244,8 +256,9 @@ class Predictor:
         ``answer`` (sent by a gateway that has a reference file) is ignored.
         """
         with self._lock:
-            started = time.monotonic()
+            started = self.clock()
             allotment: Allotment | None = None
+            self._result = None
             try:
                 allotment = self._allot(started)
                 value, outcome, detail = self._answer(id_, problem, allotment)
@@ -274,24 +287,25 @@ class Predictor:
             cap = self.budget.time_left(started) - self.budget.reserved_s(after_this=False)
             wait = max(0.0, min(self.config.submission.load_timeout_s, cap))
             concurrent.futures.wait([ready], timeout=wait)
-        return self.budget.allot(time.monotonic())
+        return self.budget.allot(self.clock())
 
     def _answer(self, id_: object, problem: object, allotment: Allotment) -> tuple[int, str, str]:
         sub = self.config.submission
-        # Short allotments keep most of their time for the solve: margins shrink with them.
-        hard = allotment.deadline - min(sub.return_margin_s, 0.25 * allotment.seconds)
-        solve_deadline = allotment.deadline - min(sub.wind_down_s, 0.5 * allotment.seconds)
+        # The one wind-down rule (the dry run uses it too): margins shrink with short allotments.
+        window = wind_down(allotment.seconds, sub.wind_down_s, sub.return_margin_s)
+        begun = allotment.deadline - allotment.seconds
+        hard, solve_deadline = begun + window.answer_s, begun + window.solve_s
         text = first_value(problem)
         if not isinstance(text, str) or not text.strip():
             raise _Outcome("bad_input", f"problem is not text: {type(text).__name__}")
         problem_id = str(first_value(id_))
-        if allotment.seconds <= sub.return_margin_s or hard <= time.monotonic():
+        if allotment.seconds <= sub.return_margin_s or hard <= self.clock():
             raise _Outcome("no_time", "the time budget is spent")  # too little to do anything
         self._check_loop(hard)
         controller = self._wait_ready(hard)
         solving = self._submit(controller.solve(problem_id, text, solve_deadline), service=False)
         try:
-            result = solving.result(timeout=max(0.0, hard - time.monotonic()))
+            result = solving.result(timeout=max(0.0, hard - self.clock()))
         except concurrent.futures.TimeoutError:
             solving.cancel()
             self._loop_suspect = True
@@ -304,7 +318,8 @@ class Predictor:
         if failed:
             errors = sorted({s.error or "?" for s in result.streams})
             self._restart(controller, f"every stream failed: {errors[:3]}")
-        valid = submission_answer(result.answer, self.config.solve.profile, -1)
+        self._result = result
+        valid = submission_answer(result.answer, self._row_profile, -1)
         outcome = "answered" if valid >= 0 else "engine_error" if failed else \
             "no_answer" if result.answer is None else "invalid_answer"
         detail = f"votes={[list(c) for c in result.vote.counts][:5]} stop={result.stop_reason}"
@@ -335,7 +350,7 @@ class Predictor:
         for attempt in range(2):
             ready = self._ensure_loading()
             try:
-                self._controller = ready.result(timeout=max(0.0, hard - time.monotonic()))
+                self._controller = ready.result(timeout=max(0.0, hard - self.clock()))
                 return self._controller
             except concurrent.futures.TimeoutError:
                 raise _Outcome("not_ready", "the engine is still loading") from None
@@ -356,7 +371,7 @@ class Predictor:
                 factory = self._runner_factory or _default_runner
                 runner = await run_in_daemon_thread(factory, self.config.solve.tir)
             await run_in_daemon_thread(prepare_template, engine.info.tokenizer_path)
-            return Controller(engine, runner, self.config, self.tracer)
+            return Controller(engine, runner, self.config, self.tracer, self.clock)
         except BaseException:
             await self._close_parts(engine, runner)
             raise
@@ -385,9 +400,9 @@ class Predictor:
         return await self._load()
 
     async def _close(self, controller: Controller) -> None:
-        if id(controller) in self._closed:
+        if controller in self._closed:
             return
-        self._closed.add(id(controller))
+        self._closed.add(controller)
         await self._close_parts(controller.engine, controller.runner)
 
     async def _close_parts(self, engine: Engine | None, runner: CodeRunner | None) -> None:
@@ -422,7 +437,7 @@ class Predictor:
         """After a watchdog timeout, make sure the loop still runs; replace it when blocked."""
         if not self._loop_suspect or self._worker is None:
             return
-        timeout = max(0.0, min(self.ping_timeout_s, hard - time.monotonic()))
+        timeout = max(0.0, min(self.ping_timeout_s, hard - self.clock()))
         if self._worker.responsive(timeout):
             self._loop_suspect = False
             return
@@ -453,11 +468,12 @@ class Predictor:
                 allotment: Allotment | None) -> None:
         """Log, trace and settle the budget; never raises."""
         try:
-            now = time.monotonic()
+            now = self.clock()
             if allotment is not None:
                 self.budget.settle(allotment, max(0.0, now - started))
             record = CallRecord(len(self.calls), first_value(id_), value, outcome, detail,
-                                started, None if allotment is None else allotment.deadline, now)
+                                started, None if allotment is None else allotment.deadline, now,
+                                allotment, self._result)
             self.calls.append(record)
             level = logging.INFO if outcome == "answered" else logging.WARNING
             log.log(level, "problem %s -> %d (%s, %.1fs) %s", record.id, value, outcome,
