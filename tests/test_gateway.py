@@ -97,19 +97,24 @@ def test_scoring_counts_wrong_answers(tmp_path: Path) -> None:
     assert "score 0/4" in result.summary()
 
 
-@pytest.mark.parametrize(("row", "kind"), [
-    (None, "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["other"], "answer": [1]}), "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["p", "p"], "answer": [1, 2]}), "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["p"], "answer": ["12"]}), "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["p"], "answer": [1000]}), "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["p"]}), "INVALID_SUBMISSION"),
-    ("12", "INVALID_SUBMISSION"),
+@pytest.mark.parametrize(("row", "message"), [
+    (None, "no prediction received"),
+    (pl.DataFrame({"id": ["other"], "answer": [1]}), "id 'other' returned for problem 'p'"),
+    (pl.DataFrame({"id": ["p", "p"], "answer": [1, 2]}), "expected 1 row, received 2"),
+    (pl.DataFrame({"id": ["p"], "answer": ["12"]}), "answer must be an integer"),
+    (pl.DataFrame({"id": ["p"], "answer": [None]}, schema={"id": pl.String, "answer": pl.Int64}),
+     "answer must be an integer"),
+    (pl.DataFrame({"id": ["p"], "answer": [1000]}), "answer 1000 out of range for aimo2"),
+    (pl.DataFrame({"id": ["p"], "answer": [-1]}), "answer -1 out of range for aimo2"),
+    (pl.DataFrame({"id": ["p"]}), "columns must be id, answer"),
+    ("12", "predict returned str, not a DataFrame"),
 ])
-def test_rows_kaggle_would_reject_are_rejected(row: object, kind: str) -> None:
+def test_rows_kaggle_would_reject_are_rejected(row: object, message: str) -> None:
+    """Each bad row is caught by its own check (Kaggle reports all as INVALID_SUBMISSION)."""
     with pytest.raises(GatewayError) as err:
         check_row(row, pl.Series("id", ["p"]), "aimo2")
-    assert err.value.kind == kind
+    assert err.value.kind == "INVALID_SUBMISSION"
+    assert message in str(err.value)
 
 
 def test_a_valid_row_passes_the_check() -> None:
