@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from aimo_infer.backends.base import EngineError
+    """What a command reports in one line: domain errors (``aimo_infer.errors``) and a path the
+    system refuses; any other exception is a bug and shows its traceback."""
+    from aimo_infer.errors import UserError
 
-    return (ConfigError, EngineError, FileNotFoundError, ValueError, ImportError, OSError)
+    return (UserError, PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from aimo_infer.errors import DataError
+
 
 class TraceWriter:
     """Appends events to a JSONL file; each write is flushed to the OS before returning."""
@@ -58,5 +60,5 @@ def read_trace(path: str | Path) -> Iterator[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             if number >= len(lines) - 1:  # the last, unterminated line: torn by a crash
                 return
-            raise ValueError(f"{path}:{number}: not a JSON event ({exc})") from exc
+            raise DataError(f"{path}:{number}: not a JSON event ({exc})") from exc
 

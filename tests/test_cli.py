@@ -73,3 +73,24 @@ def test_bad_toml_names_the_key(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "num_stream" in proc.stderr and "unknown key" in proc.stderr
+
+
+def test_a_bug_shows_its_traceback_and_a_user_error_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only domain errors are reported in one line: a ValueError from a bug is not hidden."""
+    import aimo_infer.evaluate.dryrun as dryrun
+    from aimo_infer.errors import DataError
+
+    def buggy(_: object) -> object:
+        raise ValueError("a bug in the harness")
+
+    monkeypatch.setattr(dryrun, "load_dataset", buggy)
+    with pytest.raises(ValueError, match="a bug in the harness"):
+        main(["dryrun", "comp-math", "--quiet"])
+
+    def user(_: object) -> object:
+        raise DataError("set.jsonl:3: not a JSON object")
+
+    monkeypatch.setattr(dryrun, "load_dataset", user)
+    assert main(["dryrun", "comp-math", "--quiet"]) == 1
+    assert capsys.readouterr().err == "aimo-infer: error: set.jsonl:3: not a JSON object\n"

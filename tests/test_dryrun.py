@@ -157,7 +157,7 @@ def test_dryrun_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     (None, [], "dataset not found", 1),
     ('{"id": "a", "problem": "x"}\n{"id": \n', [], "set.jsonl:2: not a JSON object", 1),
     ('{"id": "a", "problem": "x"}\n', ["--source", "aime99"], "unknown source 'aime99'", 1),
-    ('{"id": "a", "problem": "x"}\n', ["--policy", "agree=0"], "bad stop policy", 1),
+    ('{"id": "a", "problem": "x"}\n', ["--policy", "agree=0"], "bad stop policy", 2),
     ('{"id": "a", "problem": "x"}\n', ["--streams", "0"], "--streams must be >= 1", 2),
 ])
 def test_dryrun_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -265,17 +265,17 @@ def test_simulate_command_on_sample_traces(tmp_path: Path,
     assert "agree4" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["simulate", "/no/such/run"], "not found: /no/such/run"),
-    (["simulate", "{run}", "--policy", "agree=9of3"], "bad stop policy"),
-    (["simulate", "{run}", "--streams", "20"], "20 streams asked"),
-    (["simulate", "{traces}", "--model", "nobody"], "no model 'nobody'"),
+@pytest.mark.parametrize(("argv", "message", "code"), [
+    (["simulate", "/no/such/run"], "not found: /no/such/run", 1),
+    (["simulate", "{run}", "--policy", "agree=9of3"], "bad stop policy", 2),  # a usage error
+    (["simulate", "{run}", "--streams", "20"], "20 streams asked", 1),
+    (["simulate", "{traces}", "--model", "nobody"], "no model 'nobody'", 1),
 ])
 def test_simulate_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        argv: list[str], message: str) -> None:
+                                        argv: list[str], message: str, code: int) -> None:
     record_run(tmp_path / "run", synthetic_problems(1), "all")
     traces = write_traces(tmp_path / "t.jsonl")
     argv = [a.format(run=tmp_path / "run", traces=traces) for a in argv]
-    assert main(argv) == 1
+    assert main(argv) == code
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aimo_infer.errors import UserError
+
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 FINISH_REASONS: tuple[FinishReason, ...] = ("stop", "length", "cancelled", "error")
 
@@ -31,7 +33,7 @@ def find_stop(text: str, stops: tuple[str, ...], start: int = 0) -> int:
     return best
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """An engine failed in a way the caller should report (not a bug in the harness)."""
 
 

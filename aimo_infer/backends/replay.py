@@ -16,6 +16,7 @@ from pathlib import Path
 from aimo_infer.backends.base import (
     Engine,
     EngineInfo,
+    EngineUnavailable,
     FinishReason,
     GenerationRequest,
     StreamDelta,
@@ -90,10 +91,10 @@ class ReplayEngine(Engine):
         from aimo_infer.traces import read_trace
 
         if not config.model:
-            raise ValueError("engine 'replay' needs model = a trace file to replay")
+            raise EngineUnavailable("engine 'replay' needs model = a trace file to replay")
         path = Path(config.model)
         if not path.is_file():
-            raise FileNotFoundError(f"replay trace not found: {path}")
+            raise EngineUnavailable(f"replay trace not found: {path}")
         events = list(read_trace(path))
         problem_id = config.options.get("problem_id")
         scripts: dict[int, list[ReplaySegment]] = {}

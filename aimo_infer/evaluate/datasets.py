@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aimo_infer.errors import UserError
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 # name -> (file in aimo_infer/data, the answer profile that grades its answers faithfully)
@@ -28,7 +30,7 @@ BUNDLED: dict[str, tuple[str, str]] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A problem set cannot be used; the message names the file and line."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aimo_infer.errors import DataError, MissingFile
 from aimo_infer.solve.vote import Answer
 
 TRACES = "traces.jsonl"
@@ -101,7 +102,7 @@ def read_results(run_dir: str | Path) -> list[ProblemRecord]:
     """The finished problems of a run, in the order they finished; errors name file and line."""
     path = Path(run_dir) / RESULTS
     if not path.is_file():
-        raise FileNotFoundError(f"no {RESULTS} in {run_dir} (not a dry-run directory?)")
+        raise MissingFile(f"no {RESULTS} in {run_dir} (not a dry-run directory?)")
     lines = path.read_text(encoding="utf-8").split("\n")
     records = []
     for number, line in enumerate(lines, 1):
@@ -112,9 +113,9 @@ def read_results(run_dir: str | Path) -> list[ProblemRecord]:
         except json.JSONDecodeError as exc:
             if number >= len(lines) - 1:  # a torn last line: the run was killed mid-write
                 break
-            raise ValueError(f"{path}:{number}: not a JSON record ({exc.msg})") from exc
+            raise DataError(f"{path}:{number}: not a JSON record ({exc.msg})") from exc
         except (TypeError, KeyError) as exc:
-            raise ValueError(f"{path}:{number}: not a problem record ({exc})") from exc
+            raise DataError(f"{path}:{number}: not a problem record ({exc})") from exc
     return records
 
 
@@ -144,9 +145,9 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from exc
+        raise DataError(f"{path}: not valid JSON ({exc.msg})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise DataError(f"{path}: expected a JSON object")
     return data
 
 

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aimo_infer.config import BudgetConfig, SubmissionConfig
+from aimo_infer.config import BudgetConfig, ConfigError, SubmissionConfig
+from aimo_infer.errors import DataError, MissingFile
 from aimo_infer.evaluate.run_budget import scaled_budget
 from aimo_infer.evaluate.runs import ProblemRecord, read_results, read_run_config
 from aimo_infer.evaluate.sample_traces import (
@@ -71,7 +72,7 @@ class Score:
 def score_runs(label: str, runs: Sequence[RunOutcome]) -> Score:
     """Means over runs; the standard error is over the runs' numbers right."""
     if not runs:
-        raise ValueError("no runs to score")
+        raise DataError("no runs to score")
     per_run = [float(r.num_correct) for r in runs]
     problems = len(runs[0].problems)
     se = statistics.stdev(per_run) / math.sqrt(len(runs)) if len(runs) > 1 else None
@@ -201,9 +202,9 @@ def _policies(args: argparse.Namespace, default: str) -> list[str]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     source = Path(args.source)
     if not source.exists():
-        raise FileNotFoundError(f"not found: {source}")
+        raise MissingFile(f"not found: {source}")
     if args.streams is not None and args.streams < 1:
-        raise ValueError("--streams must be >= 1")
+        raise ConfigError("--streams must be >= 1")
     if is_sample_trace(source):
         return _simulate_samples(source, args)
     return _simulate_run_dir(source, args)
@@ -212,7 +213,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
     records = read_results(run_dir)
     if not records:
-        raise ValueError(f"{run_dir}: no finished problems to simulate")
+        raise DataError(f"{run_dir}: no finished problems to simulate")
     config = read_run_config(run_dir).get("config", {})
     solve = config.get("solve", {})
     budget_cfg = BudgetConfig(**config["budget"]) if "budget" in config else BudgetConfig()
@@ -241,11 +242,11 @@ def _simulate_samples(path: Path, args: argparse.Namespace) -> int:
     if args.model:
         unknown = [m for m in args.model if m not in groups]
         if unknown:
-            raise ValueError(f"no model {unknown[0]!r} in {path}; models: "
+            raise DataError(f"no model {unknown[0]!r} in {path}; models: "
                              f"{', '.join(sorted(groups))}")
         groups = {m: groups[m] for m in args.model}
     if args.draws < 1 or args.tok_s <= 0:
-        raise ValueError("--draws must be >= 1 and --tok-s > 0")
+        raise ConfigError("--draws must be >= 1 and --tok-s > 0")
     budget = _budget_from(BudgetConfig(), args)
     scores = sample_sweep(groups, _policies(args, "nemo"), args.streams or 12, args.tok_s,
                           budget, args.draws, args.seed, args.per_problem_s,

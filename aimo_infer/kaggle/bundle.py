@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aimo_infer.config import ConfigError
+from aimo_infer.errors import MissingFile
 
 PROJECT = "aimo-infer"
 
@@ -93,7 +94,7 @@ def project_root(start: Path | None = None) -> Path:
     for candidate in (here, *here.parents):
         if (candidate / "pyproject.toml").is_file() and (candidate / "aimo_infer").is_dir():
             return candidate
-    raise FileNotFoundError("the aimo-infer source tree (pyproject.toml) was not found; "
+    raise MissingFile("the aimo-infer source tree (pyproject.toml) was not found; "
                             "pass --project DIR")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from aimo_infer.config import ConfigError
+from aimo_infer.errors import MissingFile
 
 STARTUP_LIMIT_S = 15 * 60.0
 CALL_LIMITS_S = {"aimo2": 30 * 60.0, "aimo3": 9 * 3600.0}
@@ -71,7 +72,7 @@ def read_problems(path: str | Path) -> pl.DataFrame:
     """Problems from a CSV (Kaggle's layout) or JSONL file: ``id``, ``problem`` [, ``answer``]."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"problem file not found: {p}")
+        raise MissingFile(f"problem file not found: {p}")
     try:
         if p.suffix in (".jsonl", ".ndjson"):
             frame = pl.read_ndjson(p, infer_schema_length=None)

@@ -34,6 +34,7 @@ from aimo_infer.kaggle.budget import Allotment, TimeBudget, wind_down
 from aimo_infer.kaggle.gateway import ANSWER_LIMITS
 from aimo_infer.loop_thread import LoopThread, run_in_daemon_thread
 from aimo_infer.solve.controller import Controller, ProblemResult
+from aimo_infer.solve.faults import raised_by_harness
 from aimo_infer.solve.prompts import load_profile, prepare_template
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner
@@ -98,8 +99,11 @@ def answer_row(id_: object, answer: int) -> pl.DataFrame:
 
 
 def engine_failed(result: ProblemResult) -> bool:
-    """Every stream ended in an error: the engine or the sandbox is broken, not the problem."""
-    return bool(result.streams) and all(s.end == "error" for s in result.streams)
+    """Every stream ended in an error, at least one not a harness bug: the engine or the
+    sandbox is broken, not the problem (a bug in the harness is not fixed by a reload)."""
+    errors = [s for s in result.streams if s.end == "error"]
+    return bool(errors) and len(errors) == len(result.streams) and \
+        not all(s.harness_bug for s in errors)
 
 
 @dataclass(frozen=True)
@@ -312,7 +316,10 @@ class Predictor:
             self._recover(controller)
             raise _Outcome("timeout", "watchdog: no result before the deadline") from None
         except BaseException as exc:
-            self._restart(controller, f"{type(exc).__name__}: {exc}")
+            if raised_by_harness(exc):  # a bug: report it, keep the engine (a reload won't help)
+                log.error("a bug in the harness; the engine is kept", exc_info=exc)
+            else:
+                self._restart(controller, f"{type(exc).__name__}: {exc}")
             raise _Outcome("error", f"{type(exc).__name__}: {exc}") from exc
         failed = engine_failed(result)
         if failed:
@@ -320,8 +327,9 @@ class Predictor:
             self._restart(controller, f"every stream failed: {errors[:3]}")
         self._result = result
         valid = submission_answer(result.answer, self._row_profile, -1)
-        outcome = "answered" if valid >= 0 else "engine_error" if failed else \
-            "no_answer" if result.answer is None else "invalid_answer"
+        bug = bool(result.streams) and all(s.harness_bug for s in result.streams)
+        outcome = "answered" if valid >= 0 else "engine_error" if failed else "error" if bug \
+            else "no_answer" if result.answer is None else "invalid_answer"
         detail = f"votes={[list(c) for c in result.vote.counts][:5]} stop={result.stop_reason}"
         return (valid if valid >= 0 else self.fallback), outcome, detail
 

@@ -17,6 +17,8 @@ import math
 import re
 from collections.abc import Callable
 
+from aimo_infer.config import ConfigError
+
 PROFILES: tuple[str, ...] = ("aimo2", "aimo3", "free")
 
 AIMO3_MAX = 99_999
@@ -124,7 +126,7 @@ def _validator(profile: str) -> Callable[[str], int | str | None]:
         return _aimo3_answer
     if profile == "free":
         return _free_answer
-    raise ValueError(f"unknown answer profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+    raise ConfigError(f"unknown answer profile {profile!r}; known profiles: {', '.join(PROFILES)}")
 
 
 def _aimo2_answer(content: str) -> int | None:

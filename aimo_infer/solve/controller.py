@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aimo_infer.backends.base import Engine, GenerationRequest
 from aimo_infer.config import Config
 from aimo_infer.solve.answer import extract_answer
+from aimo_infer.solve.faults import raised_by_harness
 from aimo_infer.solve.policies import StopPolicy, parse_policy
 from aimo_infer.solve.prompts import load_profile, render_prompt
 from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
@@ -214,6 +215,7 @@ class Controller:
         except Exception as exc:  # a broken engine or sandbox ends this stream, not the problem
             log.exception("stream %d of %s failed", stream.index, problem_id)
             stream.end, stream.error = "error", f"{type(exc).__name__}: {exc}"
+            stream.harness_bug = raised_by_harness(exc)
         finally:
             stream.status = StreamStatus.FINISHED
             stream.finished_at = self.clock()

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 
+from aimo_infer.config import ConfigError
 from aimo_infer.solve.tir import TOOL_FORMATS, ToolFormat
 
 if sys.version_info >= (3, 11):
@@ -46,11 +47,11 @@ def load_profile(name: str) -> PromptProfile:
     """Load a bundled profile by name; an unknown name lists the known ones."""
     path = resources.files("aimo_infer.solve.prompt_profiles").joinpath(f"{name}.toml")
     if not path.is_file():
-        raise ValueError(f"unknown prompt profile {name!r}; known: {', '.join(available_profiles())}")
+        raise ConfigError(f"unknown prompt profile {name!r}; known: {', '.join(available_profiles())}")
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     fmt = data.get("tool_format", "none")
     if fmt not in TOOL_FORMATS:
-        raise ValueError(f"prompt profile {name!r}: unknown tool_format {fmt!r}")
+        raise ConfigError(f"prompt profile {name!r}: unknown tool_format {fmt!r}")
     return PromptProfile(name, data.get("description", ""), data.get("system", ""),
                          data["user"], TOOL_FORMATS[fmt])
 

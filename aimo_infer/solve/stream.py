@@ -44,6 +44,7 @@ class Stream:
     code_calls: list[CodeCall] = field(default_factory=list)
     end: StreamEnd | None = None
     error: str | None = None
+    harness_bug: bool = False  # the error was raised by the harness's own code (solve.faults)
     answer: Answer | None = None
     started_at: float = 0.0
     finished_at: float | None = None
