@@ -33,9 +33,9 @@ from aimo_infer.config import Config, ConfigError, EngineConfig, TIRConfig
 from aimo_infer.kaggle.budget import Allotment, TimeBudget, wind_down
 from aimo_infer.kaggle.gateway import ANSWER_LIMITS
 from aimo_infer.loop_thread import LoopThread, run_in_daemon_thread
+from aimo_infer.runtime import build_controller, make_runner
 from aimo_infer.solve.controller import Controller, ProblemResult
 from aimo_infer.solve.faults import raised_by_harness
-from aimo_infer.solve.prompts import load_profile, prepare_template
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner
 
@@ -192,7 +192,6 @@ class Predictor:
         self._result: ProblemResult | None = None
         self._engine_factory = engine_factory
         self._runner_factory = runner_factory
-        self._needs_runner = bool(load_profile(config.solve.prompt).tool_format.open)
         self._own_tracer = tracer is None and sub.trace is not None
         self.tracer = SerialTraceWriter(sub.trace) if self._own_tracer else tracer  # type: ignore[arg-type]
         self.budget = TimeBudget(config.budget, clock(), num_problems, elapsed_before_s)
@@ -373,15 +372,11 @@ class Predictor:
         """Build engine (unless given), sandbox and controller; blocking parts off the loop."""
         if engine is None:
             engine = await run_in_daemon_thread(self._engine_factory, self.config.engine)
-        runner: CodeRunner | None = None
         try:
-            if self._needs_runner:
-                factory = self._runner_factory or _default_runner
-                runner = await run_in_daemon_thread(factory, self.config.solve.tir)
-            await run_in_daemon_thread(prepare_template, engine.info.tokenizer_path)
-            return Controller(engine, runner, self.config, self.tracer, self.clock)
+            return await build_controller(self.config, engine, self.tracer,
+                                          self._runner_factory or make_runner, self.clock)
         except BaseException:
-            await self._close_parts(engine, runner)
+            await self._close_parts(engine, None)
             raise
 
     async def _reload(self, worker: LoopThread, old: Controller) -> Controller:
@@ -515,8 +510,3 @@ async def _engine_idle(engine: Engine, timeout: float) -> bool:
             return False
         await asyncio.sleep(min(0.05, timeout / 20))
 
-
-def _default_runner(tir: TIRConfig) -> CodeRunner:
-    from aimo_infer.runtime import make_runner
-
-    return make_runner(tir)

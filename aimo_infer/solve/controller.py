@@ -101,7 +101,7 @@ class Controller:
         self.clock = clock
         self.profile = load_profile(config.solve.prompt)
         self.policy: StopPolicy = parse_policy(config.solve.stop_policy)
-        if self.profile.tool_format.open and runner is None:
+        if self.profile.runs_code and runner is None:
             raise ValueError(f"prompt profile {self.profile.name!r} runs code: a sandbox is needed")
 
     def render(self, problem: str) -> str:

@@ -26,6 +26,11 @@ class PromptProfile:
     user: str
     tool_format: ToolFormat
 
+    @property
+    def runs_code(self) -> bool:
+        """Whether the model is asked to write code blocks (a sandbox runs them)."""
+        return bool(self.tool_format.open)
+
     def messages(self, problem: str, max_code_calls: int) -> list[dict[str, str]]:
         """Chat messages for one problem."""
         user = self.user.format(problem=problem, max_code_calls=max_code_calls)
