@@ -38,7 +38,6 @@ from aimo_infer.evaluate.runs import (
     CONFIG,
     RESULTS,
     TRACES,
-    VOTING_ENDS,
     ProblemRecord,
     StreamRecord,
     append_result,
@@ -117,7 +116,7 @@ def grade_result(result: ProblemResult | None, problem: Problem, order: int,
     if result is None or result.stop_reason == "deadline":
         decision = min(timing.deadline_s, timing.used_s)
     else:  # the controller decided when the last voting stream came in
-        decision = max((s.finish_s for s in streams if s.end in VOTING_ENDS), default=0.0)
+        decision = max((s.finish_s for s in streams if s.votes), default=0.0)
     correct, method = judge(submitted)
     allotment = timing.allotment
     return ProblemRecord(

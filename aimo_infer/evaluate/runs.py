@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from aimo_infer.errors import DataError, MissingFile
-from aimo_infer.solve.vote import Answer
+from aimo_infer.solve.stream import stopped_early, votes
+from aimo_infer.solve.vote import Answer, vote_split
 
 TRACES = "traces.jsonl"
 RESULTS = "results.jsonl"
@@ -22,8 +23,6 @@ CONFIG = "config.json"
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 
-# Stream ends whose answer votes (as in the controller); "cancelled" streams do not vote.
-VOTING_ENDS = frozenset({"stop", "length", "code_limit", "deadline", "error"})
 
 
 @dataclass
@@ -44,7 +43,7 @@ class StreamRecord:
 
     @property
     def votes(self) -> bool:
-        return self.end in VOTING_ENDS
+        return votes(self.end)
 
 
 @dataclass
@@ -89,13 +88,10 @@ class ProblemRecord:
     @property
     def stopped_early(self) -> bool:
         """A policy stopped the problem with streams still running."""
-        return self.stop_reason not in ("all finished", "deadline")
+        return stopped_early(self.stop_reason)
 
     def vote_split(self) -> str:
-        parts = [f"{a} x{c}" for a, c in self.votes]
-        if self.num_missing:
-            parts.append(f"none x{self.num_missing}")
-        return ", ".join(parts) or "no votes"
+        return vote_split(self.votes, self.num_missing)
 
 
 def read_results(run_dir: str | Path) -> list[ProblemRecord]:

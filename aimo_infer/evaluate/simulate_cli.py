@@ -35,6 +35,7 @@ from aimo_infer.evaluate.simulate import (
     simulate_run,
 )
 from aimo_infer.solve.policies import PRESETS, parse_policy
+from aimo_infer.solve.stream import stopped_early
 
 # Rules near the presets, for sweeps: looser and tighter agreement, earlier and later quorum.
 NEARBY_RULES: tuple[str, ...] = (
@@ -86,8 +87,7 @@ def score_runs(label: str, runs: Sequence[RunOutcome]) -> Score:
         mean([sum(p.answer is None for p in r.problems) for r in runs]),
         total / problems if problems else 0.0, total,
         mean([r.total_tokens for r in runs]),
-        mean([sum(p.stop_reason not in ("all finished", "deadline") for p in r.problems)
-              for r in runs]),
+        mean([sum(stopped_early(p.stop_reason) for p in r.problems) for r in runs]),
         mean([sum(p.cut_answers for p in r.problems) for r in runs]),
     )
 

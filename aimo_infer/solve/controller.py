@@ -19,7 +19,7 @@ from aimo_infer.solve.answer import extract_answer
 from aimo_infer.solve.faults import raised_by_harness
 from aimo_infer.solve.policies import StopPolicy, parse_policy
 from aimo_infer.solve.prompts import load_profile, render_prompt
-from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
+from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus, votes
 from aimo_infer.solve.tir import (
     CodeBlockWatcher,
     code_limit_reached,
@@ -32,9 +32,6 @@ from sandbox.api import CodeRunner, Session
 
 log = logging.getLogger(__name__)
 
-# Streams whose answer votes: those that ended by themselves, and those cut by a deadline
-# (their partial text is searched). Streams cancelled by a policy do not vote.
-_VOTING_ENDS = frozenset({"stop", "length", "code_limit", "deadline", "error"})
 CANCEL_GRACE_S = 5.0
 
 
@@ -152,14 +149,14 @@ class Controller:
                 await self._stop(expired, tasks, "deadline")
                 pending -= expired
                 finished.extend(tasks[t] for t in expired)
-            answers = [s.answer for s in finished if s.end in _VOTING_ENDS]
+            answers = [s.answer for s in finished if votes(s.end)]
             reason = self.policy.fired(answers, cfg.num_streams)
             if reason is not None and pending:
                 stop_reason = reason
                 await self._stop(pending, tasks, "cancelled")
                 finished.extend(tasks[t] for t in pending)
                 break
-        vote = majority_vote([s.answer for s in finished if s.end in _VOTING_ENDS])
+        vote = majority_vote([s.answer for s in finished if votes(s.end)])
         result = ProblemResult(problem_id, vote.answer, vote, stop_reason, streams,
                                self.clock() - started, prompt)
         self._trace("problem_end", problem_id=problem_id, answer=vote.answer,

@@ -12,6 +12,24 @@ StreamEnd = Literal["stop", "length", "cancelled", "deadline", "code_limit", "er
 """stop: the model ended; length: token limit; cancelled: an early-stop policy fired; deadline:
 the problem or stream deadline cut it; code_limit: a code block past the limit; error: engine."""
 
+# Streams whose answer votes: those that ended by themselves, and those cut by a deadline
+# (their partial text is searched). Streams cancelled by a policy do not vote.
+VOTING_ENDS: frozenset[str] = frozenset({"stop", "length", "code_limit", "deadline", "error"})
+
+# A problem's stop reasons other than an early-stop policy's own (which names the policy).
+ALL_FINISHED = "all finished"
+DEADLINE = "deadline"
+
+
+def votes(end: str | None) -> bool:
+    """Whether a stream that ended with ``end`` votes."""
+    return end in VOTING_ENDS
+
+
+def stopped_early(stop_reason: str) -> bool:
+    """Whether a problem's streams were stopped by a policy while some still ran."""
+    return stop_reason not in (ALL_FINISHED, DEADLINE)
+
 
 class StreamStatus(enum.Enum):
     WAITING = "waiting"
