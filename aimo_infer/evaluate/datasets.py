@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aimo_infer.errors import UserError
+from aimo_infer.solve.ranges import in_range
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -84,7 +85,7 @@ def suggested_profile(problems: Iterable[Problem]) -> str:
         if p.answer is None:
             continue
         text = p.answer.strip()
-        if not text.isdigit() or int(text) > 99_999:
+        if not text.isdigit() or not in_range(int(text), "aimo3"):
             return "free"
     return "aimo3"
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from aimo_infer.errors import DataError, MissingFile
 from aimo_infer.evaluate.runs import RESULTS
 from aimo_infer.evaluate.simulate import SimProblem, SimStream
-from aimo_infer.solve.answer import AIMO3_MAX, parse_integer
+from aimo_infer.solve.answer import parse_integer
+from aimo_infer.solve.ranges import to_profile
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def _answer(raw: str | None) -> int | None:
     if raw is None:
         return None
     value = parse_integer(raw)
-    return value if value is not None and 0 <= value <= AIMO3_MAX else None
+    return None if value is None else to_profile(value, "aimo3")
 
 
 def draw_problem(problem: SampledProblem, num_streams: int, tok_s: float,

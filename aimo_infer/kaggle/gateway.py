@@ -25,10 +25,10 @@ import polars as pl
 
 from aimo_infer.config import ConfigError
 from aimo_infer.errors import MissingFile
+from aimo_infer.solve.ranges import ANSWER_LIMITS, in_range
 
 STARTUP_LIMIT_S = 15 * 60.0
 CALL_LIMITS_S = {"aimo2": 30 * 60.0, "aimo3": 9 * 3600.0}
-ANSWER_LIMITS = {"aimo2": 1000, "aimo3": 100_000}  # valid answers: 0 .. limit - 1
 COMPETITION_DIRS = {
     "aimo2": "/kaggle/input/ai-mathematical-olympiad-progress-prize-2",
     "aimo3": "/kaggle/input/ai-mathematical-olympiad-progress-prize-3",
@@ -123,7 +123,7 @@ def check_row(row: object, served_id: pl.Series, profile: str) -> pl.DataFrame:
     answer = row["answer"]
     if not answer.dtype.is_integer() or answer.null_count():
         raise GatewayError("INVALID_SUBMISSION", f"answer must be an integer, got {answer[0]!r}")
-    if not 0 <= answer[0] < ANSWER_LIMITS[profile]:
+    if not in_range(answer[0], profile):
         raise GatewayError("INVALID_SUBMISSION", f"answer {answer[0]} out of range for {profile}")
     return row.select("id", pl.col("answer").cast(pl.Int64))
 

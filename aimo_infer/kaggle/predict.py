@@ -31,11 +31,11 @@ from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
 from aimo_infer.config import Config, ConfigError, EngineConfig, TIRConfig
 from aimo_infer.kaggle.budget import Allotment, TimeBudget, wind_down
-from aimo_infer.kaggle.gateway import ANSWER_LIMITS
 from aimo_infer.loop_thread import LoopThread, run_in_daemon_thread
 from aimo_infer.runtime import build_controller, make_runner
 from aimo_infer.solve.controller import Controller, ProblemResult
 from aimo_infer.solve.faults import raised_by_harness
+from aimo_infer.solve.ranges import ANSWER_LIMITS, in_range, to_profile
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner
 
@@ -66,12 +66,8 @@ def submission_answer(answer: object, profile: str, fallback: int) -> int:
             value = int(answer.strip())
         except ValueError:
             value = None
-    if value is None:
-        return fallback
-    limit = ANSWER_LIMITS[profile]
-    if profile == "aimo2":
-        return value % limit
-    return value if 0 <= value < limit else fallback
+    valid = None if value is None else to_profile(value, profile)
+    return fallback if valid is None else valid
 
 
 def first_value(value: object) -> object:
@@ -180,7 +176,7 @@ class Predictor:
         if profile not in ANSWER_LIMITS:
             raise ConfigError(f"solve.profile must be aimo2 or aimo3 for a submission, "
                               f"got {profile!r}")
-        if not 0 <= sub.fallback_answer < ANSWER_LIMITS[profile]:
+        if not in_range(sub.fallback_answer, profile):
             raise ConfigError(f"submission.fallback_answer {sub.fallback_answer} is not a "
                               f"valid {profile} answer")
         if sub.load not in LOAD_MODES:
