@@ -8,7 +8,6 @@ Times in a record are seconds from the problem's start (just before the controll
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +144,3 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")
     return data
-
-
-def finished_ids(records: Iterable[ProblemRecord]) -> set[str]:
-    return {r.problem_id for r in records}

@@ -113,10 +113,11 @@ def rescore_records(records: Sequence[ProblemRecord], policy: str, num_streams: 
 
 
 def sample_sweep(groups: dict[str, list[SampledProblem]], policies: Sequence[str],
-                 num_streams: int, tok_s: float, budget: BudgetConfig, draws: int,
+                 num_streams: int, tok_s: float, budget: BudgetConfig | None, draws: int,
                  seed: int = 0, per_problem_s: float | None = None,
                  wind_down_s: float = 0.0) -> list[Score]:
-    """Per policy: ``draws`` runs of every model's problems (same draws for every policy)."""
+    """Per policy: ``draws`` runs of every model's problems (same draws for every policy);
+    ``budget=None``: no deadlines."""
     scores = []
     for policy in policies:
         rule = parse_policy(policy)
@@ -125,7 +126,8 @@ def sample_sweep(groups: dict[str, list[SampledProblem]], policies: Sequence[str
             outcomes: list[SimOutcome] = []
             for model, problems in sorted(groups.items()):
                 rng = random.Random(f"{seed}:{model}:{d}")
-                run_budget = scaled_budget(budget, len(problems), per_problem_s)
+                run_budget = None if budget is None else \
+                    scaled_budget(budget, len(problems), per_problem_s)
                 drawn = draw_run(problems, num_streams, tok_s, rng)
                 outcomes += simulate_run(drawn, rule, run_budget, wind_down_s).problems
             runs.append(RunOutcome(tuple(outcomes)))
@@ -165,13 +167,15 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
                    "(default: the recorded one; nemo for traces)")
     p.add_argument("--sweep", action="store_true",
                    help="also every preset and nearby rules, as one table")
-    p.add_argument("--streams", type=int, metavar="N", help="streams per problem (the first N "
-                   "recorded seeds; for traces, N drawn samples; default 12)")
+    p.add_argument("--streams", type=int, metavar="N", help="streams per problem (run dir: the "
+                   "first N recorded seeds, default the recorded count; traces: N drawn "
+                   "samples, default 12)")
     p.add_argument("--base-s", type=float, metavar="S", help="per-problem base time")
     p.add_argument("--max-extra-s", type=float, metavar="S", help="cap on the buffer draw")
     p.add_argument("--per-problem-s", type=float, metavar="S",
                    help="time share per problem (limit = S x problems)")
-    p.add_argument("--no-budget", action="store_true", help="no deadlines at all")
+    p.add_argument("--no-budget", action="store_true",
+                   help="no time budget: no deadlines, every stream runs to its end")
     p.add_argument("--tok-s-scale", type=float, default=1.0, metavar="X",
                    help="run dir: engine X times faster (0.5: half as fast)")
     p.add_argument("--tok-s", type=float, default=100.0, metavar="R",
@@ -222,7 +226,8 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
         budget = scaled_budget(budget, len(records), args.per_problem_s)
     if args.no_budget:
         budget = None
-    wind_down = float(config.get("submission", {}).get("wind_down_s", 0.0))
+    wind_down = float(config.get("submission", {}).get("wind_down_s",
+                                                       SubmissionConfig().wind_down_s))
     max_tokens = int(solve.get("sampling", {}).get("max_tokens", 4096))
     scores = [recorded_score(records)]
     for policy in _policies(args, solve.get("stop_policy", "nemo")):
@@ -247,10 +252,10 @@ def _simulate_samples(path: Path, args: argparse.Namespace) -> int:
         groups = {m: groups[m] for m in args.model}
     if args.draws < 1 or args.tok_s <= 0:
         raise ConfigError("--draws must be >= 1 and --tok-s > 0")
-    budget = _budget_from(BudgetConfig(), args)
+    budget = None if args.no_budget else _budget_from(BudgetConfig(), args)
     scores = sample_sweep(groups, _policies(args, "nemo"), args.streams or 12, args.tok_s,
                           budget, args.draws, args.seed, args.per_problem_s,
-                          0.0 if args.no_budget else SubmissionConfig().wind_down_s)
+                          SubmissionConfig().wind_down_s)
     print_scores(scores, f"{path}: {len(groups)} model(s), {args.streams or 12} streams, "
                  f"{args.tok_s:g} tok/s per stream, {args.draws} draws")
     return 0

@@ -55,24 +55,6 @@ class ProblemResult:
     def tokens_per_s(self) -> float:
         return self.total_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def to_record(self, with_text: bool = False) -> dict[str, object]:
-        streams = []
-        for s in self.streams:
-            rec = s.to_record()
-            if not with_text:
-                rec.pop("text")
-            streams.append(rec)
-        return {
-            "problem_id": self.problem_id,
-            "answer": self.answer,
-            "votes": [[a, c] for a, c in self.vote.counts],
-            "num_missing": self.vote.num_missing,
-            "stop_reason": self.stop_reason,
-            "elapsed_s": self.elapsed_s,
-            "total_tokens": self.total_tokens,
-            "streams": streams,
-        }
-
 
 def stream_seed(run_seed: int, problem_id: str, index: int) -> int:
     """A stable 31-bit seed per (run, problem, stream): reruns reproduce, streams differ."""
@@ -267,8 +249,6 @@ class Controller:
                     tokens += delta.num_tokens
                 if delta.finish_reason is not None:
                     finish, error = delta.finish_reason, delta.error
-            if stream.first_token_at is None and tokens:
-                stream.first_token_at = self.clock()
             stream.tokens += tokens
             stream.text = text if block is None else text[: block.end]
             self._trace("segment", problem_id=problem_id, stream=stream.index, seed=stream.seed,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 from aimo_infer.solve.vote import Answer
@@ -66,7 +66,6 @@ class Stream:
     answer: Answer | None = None
     started_at: float = 0.0
     finished_at: float | None = None
-    first_token_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -79,10 +78,3 @@ class Stream:
     @property
     def elapsed_s(self) -> float | None:
         return None if self.finished_at is None else self.finished_at - self.started_at
-
-    def to_record(self) -> dict[str, object]:
-        """A JSON-ready summary (the full text included) for traces and reports."""
-        record = asdict(self)
-        record["status"] = self.status.value
-        record["elapsed_s"] = self.elapsed_s
-        return record

@@ -23,10 +23,6 @@ class VoteResult:
     num_votes: int  # streams that produced an answer
     num_missing: int  # streams that finished without one
 
-    @property
-    def top_count(self) -> int:
-        return self.counts[0][1] if self.counts else 0
-
     def split(self) -> str:
         return vote_split(self.counts, self.num_missing)
 
