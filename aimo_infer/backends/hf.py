@@ -27,6 +27,7 @@ from aimo_infer.backends.base import (
     GenerationRequest,
     StreamDelta,
     find_stop,
+    parse_engine_options,
 )
 from aimo_infer.backends.hf_rows import IncrementalDecoder, sample_rows
 from aimo_infer.config import EngineConfig
@@ -50,16 +51,13 @@ class HFOptions:
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> HFOptions:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"engine 'hf': unknown option(s) {unknown}; known: {sorted(known)}")
-        opts = cls(**options)
-        if opts.max_batch_size < 1:
-            raise ValueError("engine 'hf': max_batch_size must be >= 1")
-        if opts.dtype not in ("auto", "bfloat16", "float16", "float32"):
-            raise ValueError(f"engine 'hf': dtype must be auto, bfloat16, float16 or float32, got {opts.dtype!r}")
-        return opts
+        """Options from a config table; unknown keys, wrong types and bad values: one line."""
+        return parse_engine_options(cls, options, "hf", lambda o: [
+            (o.max_batch_size >= 1, f"max_batch_size must be >= 1, got {o.max_batch_size}"),
+            (o.dtype in ("auto", "bfloat16", "float16", "float32"),
+             f"dtype must be auto, bfloat16, float16 or float32, got {o.dtype!r}"),
+            (o.batch_wait_s >= 0, f"batch_wait_s must be >= 0, got {o.batch_wait_s}"),
+        ])
 
 
 @dataclass
