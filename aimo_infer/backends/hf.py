@@ -26,10 +26,10 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
-    find_stop,
     parse_engine_options,
 )
 from aimo_infer.backends.hf_rows import IncrementalDecoder, sample_rows
+from aimo_infer.backends.streaming import StopMatcher
 from aimo_infer.config import EngineConfig
 
 _SEED_MASK = (1 << 63) - 1
@@ -68,10 +68,9 @@ class _Slot:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[StreamDelta]
     finished: bool = False
-    text: str = ""  # kept only when there are stop strings to match
     num_tokens: int = 0
     max_tokens: int = 0
-    stops: tuple[str, ...] = ()
+    stops: StopMatcher | None = None  # None: no stop strings
     decoder: IncrementalDecoder | None = None
     generator: Any = None
     pending_tokens: int = 0  # tokens whose text is held back by the decoder
@@ -243,7 +242,7 @@ class HFEngine(Engine):
                     self._finish(slot, StreamDelta("", 0, "error", reason))
                     continue
                 slot.max_tokens = min(slot.request.max_tokens, room)
-                slot.stops = tuple(s for s in slot.request.stop if s)
+                slot.stops = StopMatcher(slot.request.stop) if any(slot.request.stop) else None
                 slot.decoder = IncrementalDecoder(self._tokenizer)
                 slot.generator = torch.Generator().manual_seed(slot.request.seed & _SEED_MASK)
                 rows.append((slot, ids))
@@ -287,13 +286,9 @@ class HFEngine(Engine):
         else:
             assert slot.decoder is not None
             piece = slot.decoder.push(token)
-            stops = slot.stops
-            if piece and stops:
-                start = max(0, len(slot.text) - max(len(s) for s in stops) + 1)
-                slot.text += piece
-                end = find_stop(slot.text, stops, start)
-                if end >= 0:
-                    piece = piece[: len(piece) - (len(slot.text) - end)]
+            if piece and slot.stops is not None:
+                piece, matched = slot.stops.feed(piece)
+                if matched is not None:
                     finish = "stop"
             if finish is None and slot.num_tokens >= slot.max_tokens:
                 finish = "length"
