@@ -13,6 +13,7 @@ import pytest
 from aimo_infer.backends.base import GenerationRequest
 from aimo_infer.backends.replay import ReplayEngine
 from aimo_infer.config import Config, ConfigError, load_config
+from aimo_infer.evaluate.datasets import DatasetError
 from aimo_infer.kaggle.gateway import (
     GatewayError,
     check_row,
@@ -47,15 +48,15 @@ def test_read_problems_from_jsonl_and_csv(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("id,question\n1,x\n", "missing column"),
-    ("id,problem\n1,x\n1,y\n", "not unique"),
+    ("id,question\n1,x\n", "bad.csv:1: missing column 'problem'"),
+    ("id,problem\n1,x\n 1 ,y\n", "duplicate id '1'"),  # ids are stripped, as in a dry run
     ("id,problem\n", "no problems"),
 ])
 def test_bad_problem_files_get_one_clear_error(tmp_path: Path, content: str,
                                                message: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(content)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(DatasetError, match=message):
         read_problems(path)
     with pytest.raises(FileNotFoundError):
         read_problems(tmp_path / "absent.csv")

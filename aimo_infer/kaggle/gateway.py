@@ -69,29 +69,21 @@ class GatewayResult:
 
 
 def read_problems(path: str | Path) -> pl.DataFrame:
-    """Problems from a CSV (Kaggle's layout) or JSONL file: ``id``, ``problem`` [, ``answer``]."""
+    """Problems from a CSV (Kaggle's layout) or JSONL file: ``id``, ``problem`` [, ``answer``].
+
+    Read by the dry run's reader (``datasets.load_dataset``: the same checks and messages, ids
+    stripped), so a dry run and the local gateway serve the same rows; every column is text.
+    """
+    from aimo_infer.evaluate.datasets import load_dataset
+
     p = Path(path)
     if not p.is_file():
         raise MissingFile(f"problem file not found: {p}")
-    try:
-        if p.suffix in (".jsonl", ".ndjson"):
-            frame = pl.read_ndjson(p, infer_schema_length=None)
-        else:
-            frame = pl.read_csv(p)
-    except Exception as exc:  # polars raises several error types for malformed files
-        raise ConfigError(f"{p}: cannot read problems ({type(exc).__name__}: {exc})") from exc
-    missing = [c for c in ("id", "problem") if c not in frame.columns]
-    if missing:
-        raise ConfigError(f"{p}: missing column(s) {missing}; found {frame.columns}")
-    if frame.height == 0:
-        raise ConfigError(f"{p}: no problems")
-    if frame["id"].n_unique() != frame.height:
-        raise ConfigError(f"{p}: ids are not unique")
-    columns = ["id", "problem"] + (["answer"] if "answer" in frame.columns else [])
-    frame = frame.select(columns)
-    if "answer" in frame.columns:
-        frame = frame.with_columns(pl.col("answer").cast(pl.String))
-    return frame
+    problems = load_dataset(str(p)).problems
+    columns = {"id": [q.id for q in problems], "problem": [q.problem for q in problems]}
+    if any(q.answer is not None for q in problems):
+        columns["answer"] = [q.answer for q in problems]  # type: ignore[misc]
+    return pl.DataFrame(columns, schema={k: pl.String for k in columns})
 
 
 def shuffled(problems: pl.DataFrame, seed: int) -> pl.DataFrame:
