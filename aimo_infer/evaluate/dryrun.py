@@ -268,11 +268,13 @@ def add_dryrun_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
     p = sub.add_parser(
         "dryrun", help="timed local run over a problem set, graded, with a report",
-        description="Serve a problem set as the Kaggle gateway would (seeded shuffle, one at a "
-        "time, the time budget, early stopping), grade every answer, and write traces, "
-        "results and a report to the output directory. Started again on the same directory "
-        "it skips finished problems. The time limit is scaled to the subset: a per-problem "
-        "share (default: config total_s / num_problems) times the number of problems.",
+        description="Serve a problem set to the submission's own predict, as the Kaggle "
+        "gateway would (its seeded shuffle, one at a time; the time budget, wind-down, "
+        "watchdog, engine restarts and fallback answer of the submission), grade every answer, "
+        "and write traces, results and a report to the output directory. Started again on the "
+        "same directory it skips finished problems. The time limit is scaled to the subset: a "
+        "per-problem share (default: config total_s / num_problems) times the number of "
+        "problems; the clock stops while the engine loads and between problems.",
     )
     p.add_argument("dataset", help="comp-math, comp-math-int, aimo-reference, holdout, or a "
                    ".jsonl/.csv file with id, problem[, answer, source]")
@@ -286,7 +288,7 @@ def add_dryrun_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="time share per problem; the limit is S x number of problems")
     p.add_argument("--time-limit", type=float, metavar="S", help="total time limit (s)")
     p.add_argument("--shuffle-seed", type=int, metavar="N",
-                   help="serving order seed (default: the run seed)")
+                   help="the gateway's serving order seed (default: the run seed)")
     p.add_argument("--no-report", action="store_true", help="do not write the report")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_dryrun)
