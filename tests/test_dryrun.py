@@ -13,7 +13,7 @@ from aimo_infer.cli import build_parser, main
 from aimo_infer.config import BudgetConfig
 from aimo_infer.evaluate.datasets import Problem
 from aimo_infer.evaluate.dryrun import prepare, run_problems, serving_order
-from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
+from aimo_infer.evaluate.run_budget import Stopwatch, scaled_budget, solve_window
 from aimo_infer.evaluate.runs import read_results
 from aimo_infer.solve.controller import stream_seed
 from aimo_infer.traces import read_trace
@@ -220,3 +220,21 @@ def test_dryrun_on_the_cpu_engine(tmp_path: Path) -> None:
     assert main(argv) == 0  # a second run does no work
     assert (out / "results.jsonl").read_bytes() == results
     assert len(list(read_trace(out / "traces.jsonl"))) == len(events)
+
+
+def test_the_stopwatch_runs_only_while_serving() -> None:
+    now = [100.0]
+    watch = Stopwatch(lambda: now[0])
+    assert watch() == 0.0
+    now[0] += 50  # engine loading: not charged
+    assert watch() == 0.0
+    watch.resume()
+    now[0] += 7
+    assert watch() == 7.0
+    watch.pause()
+    now[0] += 30  # grading: not charged
+    watch.advance(3.0)  # time charged by an earlier process (a resumed run)
+    assert watch() == 10.0
+    watch.resume()
+    now[0] += 1
+    assert watch() == 11.0
