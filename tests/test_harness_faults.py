@@ -38,7 +38,17 @@ def test_whose_fault_an_exception_is() -> None:
     assert not raised_by_harness(caught(engine_library))  # outside the package
 
 
-class FailingEngine(ReplayEngine):
+class CountingEngine(ReplayEngine):
+    """The replay engine, counting its shutdowns."""
+
+    shutdowns = 0
+
+    async def shutdown(self) -> None:
+        self.shutdowns += 1
+        await super().shutdown()
+
+
+class FailingEngine(CountingEngine):
     """Raises from its own code on every request, as a crashed engine does."""
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
@@ -46,14 +56,16 @@ class FailingEngine(ReplayEngine):
         yield StreamDelta("", 0)  # pragma: no cover - makes this an async generator
 
 
-def predictor(engine_cls: type[ReplayEngine], loads: list[int]) -> Predictor:
+def predictor(kinds: list[type[CountingEngine]], loads: list[CountingEngine]) -> Predictor:
+    """A predictor whose n-th engine load builds ``kinds[n]`` (the last one thereafter)."""
     cfg = Config()
     cfg.solve.prompt, cfg.solve.profile, cfg.solve.num_streams = "cot", "aimo3", 2
     cfg.submission.load = "eager"
 
-    def factory(_: EngineConfig) -> ReplayEngine:
-        loads.append(1)
-        return engine_cls({}, default=lambda r: ["\\boxed{7}"])
+    def factory(_: EngineConfig) -> CountingEngine:
+        kind = kinds[min(len(loads), len(kinds) - 1)]
+        loads.append(kind({}, default=lambda r: ["\\boxed{7}"]))
+        return loads[-1]
 
     return Predictor(cfg, engine_factory=factory, num_problems=3)
 
@@ -64,8 +76,8 @@ def serve(p: Predictor, pid: str) -> int:
 
 
 def test_a_harness_bug_in_every_stream_keeps_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    loads: list[int] = []
-    with predictor(ReplayEngine, loads) as p:
+    loads: list[CountingEngine] = []
+    with predictor([CountingEngine], loads) as p:
         assert serve(p, "a") == 7
         # A bug in the solve loop's own code: every stream fails inside controller.py.
         monkeypatch.setattr(controller_module, "GenerationRequest", None)
@@ -76,10 +88,13 @@ def test_a_harness_bug_in_every_stream_keeps_the_engine(monkeypatch: pytest.Monk
         assert serve(p, "c") == 7
 
 
-def test_a_failing_engine_is_still_reloaded() -> None:
-    loads: list[int] = []
-    with predictor(FailingEngine, loads) as p:
+def test_a_failing_engine_is_still_reloaded_and_each_engine_closed_once() -> None:
+    loads: list[CountingEngine] = []
+    with predictor([FailingEngine, CountingEngine], loads) as p:
         assert serve(p, "a") == p.fallback
         assert p.calls[-1].outcome == "engine_error"
         assert p.restarts == 1
-
+        assert serve(p, "b") == 7  # on the reloaded engine
+    # closed controllers are tracked by object: each engine was shut down exactly once
+    assert [type(e) for e in loads] == [FailingEngine, CountingEngine]
+    assert [e.shutdowns for e in loads] == [1, 1]
