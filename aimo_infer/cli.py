@@ -28,13 +28,15 @@ PLUGIN_COMMANDS: dict[str, str] = {
 }
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that runs the solve loop."""
+def add_run_options(parser: argparse.ArgumentParser,
+                    profiles: Sequence[str] = ("aimo2", "aimo3", "free")) -> None:
+    """Options shared by every command that runs the solve loop (``profiles``: the answer
+    profiles the command accepts)."""
     parser.add_argument("--config", metavar="FILE", help="TOML config (see configs/)")
     parser.add_argument("--engine", help="engine: llamacpp (default), hf, vllm, trtllm, openai, "
                         "replay")
     parser.add_argument("--model", help="model path or name for the engine")
-    parser.add_argument("--profile", choices=["aimo2", "aimo3", "free"],
+    parser.add_argument("--profile", choices=list(profiles),
                         help="answer profile: aimo2 (0-999, mod 1000), aimo3 (0-99999), free")
     parser.add_argument("--prompt", help="prompt profile: tir-fence, tir-toolcall, cot, harmony")
     parser.add_argument("--streams", type=int, metavar="N", help="seeded streams per problem")
@@ -159,9 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from aimo_infer.backends.base import EngineError
+    """What a command reports in one line: domain errors (``aimo_infer.errors``) and a path the
+    system refuses; any other exception is a bug and shows its traceback."""
+    from aimo_infer.errors import UserError
 
-    return (ConfigError, EngineError, FileNotFoundError, ValueError, ImportError, OSError)
+    return (UserError, PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from aimo_infer.errors import DataError
+
 MANIFEST_NAME = "engine.json"
 
 
@@ -49,11 +51,11 @@ def load_manifest(directory: str | Path) -> EngineManifest | None:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
     known = {f.name for f in fields(EngineManifest)}
     missing = {"model", "backend"} - data.keys()
     if missing:
-        raise ValueError(f"{path}: missing required keys {sorted(missing)}")
+        raise DataError(f"{path}: missing required keys {sorted(missing)}")
     return EngineManifest(**{k: v for k, v in data.items() if k in known})
 
 

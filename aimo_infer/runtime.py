@@ -1,16 +1,22 @@
-"""Wiring: build the engine, the sandbox and the controller from one config, and tear them down."""
+"""Wiring: build the engine, the sandbox and the controller from one config, and tear them down.
+
+``build_controller`` is the one set-up, used by the CLI's ``harness`` and by the submission's
+``Predictor`` (and so by dry runs).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
 from aimo_infer.config import Config, TIRConfig
+from aimo_infer.loop_thread import run_in_daemon_thread
 from aimo_infer.solve.controller import Controller
 from aimo_infer.solve.prompts import load_profile, prepare_template
 from aimo_infer.traces import TraceWriter
@@ -80,20 +86,46 @@ def make_runner(tir: TIRConfig) -> CodeRunner:
     return pool
 
 
+def needs_sandbox(config: Config) -> bool:
+    """Whether the configured prompt runs code (then the controller needs a sandbox)."""
+    return load_profile(config.solve.prompt).runs_code
+
+
+async def build_controller(
+    config: Config,
+    engine: Engine,
+    tracer: TraceWriter | None = None,
+    runner_factory: Callable[[TIRConfig], CodeRunner] = make_runner,
+    clock: Callable[[], float] = time.monotonic,
+) -> Controller:
+    """The sandbox (when the prompt runs code), the chat template and the controller around
+    ``engine``; the blocking steps run off the event loop. A failure closes the sandbox it
+    started and raises (the engine stays the caller's to close)."""
+    runner: CodeRunner | None = None
+    try:
+        if needs_sandbox(config):
+            runner = await run_in_daemon_thread(runner_factory, config.solve.tir)
+        await run_in_daemon_thread(prepare_template, engine.info.tokenizer_path)
+        return Controller(engine, runner, config, tracer, clock)
+    except BaseException:
+        if runner is not None:
+            await runner.close()
+        raise
+
+
 @asynccontextmanager
 async def harness(
     config: Config, tracer: TraceWriter | None = None, engine: Engine | None = None
 ) -> AsyncIterator[Controller]:
     """A ready controller; the engine (unless given) and the sandbox are closed on exit."""
     own_engine = engine is None
-    uses_code = bool(load_profile(config.solve.prompt).tool_format.open)
     runner: CodeRunner | None = None
     try:
         if engine is None:
             engine = create_engine(config.engine)
-        runner = make_runner(config.solve.tir) if uses_code else None
-        prepare_template(engine.info.tokenizer_path)
-        yield Controller(engine, runner, config, tracer)
+        controller = await build_controller(config, engine, tracer)
+        runner = controller.runner
+        yield controller
     finally:
         if runner is not None:
             await bounded(runner.close(), TEARDOWN_GRACE_S, "sandbox close")

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from aimo_infer.errors import DataError
+
 _TAIL_CHUNK = 1 << 16
 
 
@@ -61,13 +63,13 @@ def read_jsonl_tolerant(path: str | Path, what: str) -> Iterator[tuple[int, Any]
     """(line number, value) of each line of an append-only JSONL file.
 
     An unterminated last line that is not a whole JSON object (torn by a kill mid-write, see
-    ``repair_torn_tail``) is skipped; any other bad line raises ``ValueError`` naming the file,
+    ``repair_torn_tail``) is skipped; any other bad line raises ``DataError`` naming the file,
     the line and ``what`` was expected there.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     lines = text.split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -77,7 +79,7 @@ def read_jsonl_tolerant(path: str | Path, what: str) -> Iterator[tuple[int, Any]
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not {what} ({exc.msg})") from exc
+            raise DataError(f"{path}:{number}: not {what} ({exc.msg})") from exc
         yield number, value
 
 
@@ -120,7 +122,7 @@ def read_trace(path: str | Path) -> Iterator[dict[str, Any]]:
     """Events of a trace; a torn last line (a crash mid-write) is skipped, others must parse."""
     for number, event in read_jsonl_tolerant(path, "a JSON event"):
         if not isinstance(event, dict):
-            raise ValueError(f"{path}:{number}: not a JSON event (got {type(event).__name__})")
+            raise DataError(f"{path}:{number}: not a JSON event (got {type(event).__name__})")
         yield event
 
 

@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="a kept session's daemon exits after this many idle seconds")
     close = sub.add_parser("close", help="stop a kept session's daemon")
     close.add_argument("--session", required=True)
-    serve = sub.add_parser("serve", help=argparse.SUPPRESS)
+    serve = sub.add_parser("serve", help="internal: the daemon behind a kept session")
     serve.add_argument("--session", required=True)
     serve.add_argument("--memory-mb", type=int)
     serve.add_argument("--idle-exit", type=float, default=900.0)

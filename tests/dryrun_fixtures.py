@@ -3,7 +3,6 @@ simulator tests (the right answer of every problem is known)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from pathlib import Path
@@ -65,7 +64,7 @@ def record_run(run_dir: Path, problems: list[Problem], policy: str, num_streams:
     engine = ReplayEngine(scripts_for(problems, scripted_streams, seed), yield_every=1)
     cfg = cot_config(policy, num_streams, len(problems))
     run_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(run_problems(cfg, problems, run_dir, engine=engine))
+    run_problems(cfg, problems, run_dir, engine=engine)
     return read_results(run_dir), engine
 
 

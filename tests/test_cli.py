@@ -95,3 +95,24 @@ def test_a_problem_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     path.write_bytes("\ufeffWhat is 6 * 7?\n".encode())
     assert read_problem_arg(f"@{path}") == "What is 6 * 7?\n"
     assert read_problem_arg("What?") == "What?"
+
+
+def test_a_bug_shows_its_traceback_and_a_user_error_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only domain errors are reported in one line: a ValueError from a bug is not hidden."""
+    import aimo_infer.evaluate.dryrun as dryrun
+    from aimo_infer.errors import DataError
+
+    def buggy(_: object) -> object:
+        raise ValueError("a bug in the harness")
+
+    monkeypatch.setattr(dryrun, "load_dataset", buggy)
+    with pytest.raises(ValueError, match="a bug in the harness"):
+        main(["dryrun", "comp-math", "--quiet"])
+
+    def user(_: object) -> object:
+        raise DataError("set.jsonl:3: not a JSON object")
+
+    monkeypatch.setattr(dryrun, "load_dataset", user)
+    assert main(["dryrun", "comp-math", "--quiet"]) == 1
+    assert capsys.readouterr().err == "aimo-infer: error: set.jsonl:3: not a JSON object\n"

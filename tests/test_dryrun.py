@@ -3,7 +3,6 @@ errors, and one run on the real CPU engine."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from aimo_infer.cli import build_parser, main
 from aimo_infer.config import BudgetConfig, EngineConfig
 from aimo_infer.evaluate.datasets import Problem
 from aimo_infer.evaluate.dryrun import prepare, run_problems, serving_order
-from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
+from aimo_infer.evaluate.run_budget import Stopwatch, scaled_budget, solve_window
 from aimo_infer.evaluate.runs import read_results
 from aimo_infer.solve.controller import stream_seed
 from aimo_infer.traces import read_trace
@@ -65,7 +64,7 @@ def test_a_second_run_does_no_work(tmp_path: Path) -> None:
     record_run(tmp_path, problems, "nemo")
     before = (tmp_path / "results.jsonl").read_bytes()
     engine = ReplayEngine(scripts_for(problems, 12))
-    new = asyncio.run(run_problems(cot_config("nemo", 12, 3), problems, tmp_path, engine=engine))
+    new = run_problems(cot_config("nemo", 12, 3), problems, tmp_path, engine=engine)
     assert new == [] and engine.requests == []
     assert (tmp_path / "results.jsonl").read_bytes() == before
 
@@ -74,7 +73,7 @@ def test_resume_solves_only_the_rest_and_keeps_the_bank(tmp_path: Path) -> None:
     problems = synthetic_problems(4)
     first, _ = record_run(tmp_path, problems[:2], "nemo")
     engine = ReplayEngine(scripts_for(problems, 12), yield_every=1)
-    new = asyncio.run(run_problems(cot_config("nemo", 12, 4), problems, tmp_path, engine=engine))
+    new = run_problems(cot_config("nemo", 12, 4), problems, tmp_path, engine=engine)
     assert [r.problem_id for r in new] == ["p2", "p3"]
     assert {r.seed for r in engine.requests} == {stream_seed(0, p, i) for p in ("p2", "p3")
                                                  for i in range(12)}
@@ -88,8 +87,7 @@ def test_non_integer_and_large_answers_are_graded_as_written(tmp_path: Path) -> 
              "big": ["\\boxed{6014950}", "\\boxed{950}"]}
     scripts = {stream_seed(0, p.id, i): [texts[p.id][i]] for p in problems for i in range(2)}
     engine = ReplayEngine(scripts, yield_every=1)
-    records = asyncio.run(run_problems(cot_config("all", 2, 2), problems, tmp_path,
-                                       engine=engine))
+    records = run_problems(cot_config("all", 2, 2), problems, tmp_path, engine=engine)
     for r in records:
         assert [s.correct for s in r.streams] == [True, False], r.problem_id
     assert records[1].streams[0].answer == 6014950  # free profile: never reduced mod 1000
@@ -102,7 +100,7 @@ def test_a_torn_last_line_is_dropped_and_redone(tmp_path: Path) -> None:
     lines = path.read_text().splitlines(keepends=True)
     path.write_text(lines[0] + lines[1][:40])  # killed while writing the second record
     engine = ReplayEngine(scripts_for(problems, 12))
-    new = asyncio.run(run_problems(cot_config("nemo", 12, 2), problems, tmp_path, engine=engine))
+    new = run_problems(cot_config("nemo", 12, 2), problems, tmp_path, engine=engine)
     assert [r.problem_id for r in new] == ["p1"]
     assert [r.problem_id for r in read_results(tmp_path)] == ["p0", "p1"]
 
@@ -117,7 +115,7 @@ def test_resume_after_kill_repairs_a_torn_trace_line(tmp_path: Path) -> None:
     with traces.open("a") as fh:  # ... and the trace's next event was half written
         fh.write('{"event": "segment", "problem_id": "p1", "te')
     engine = ReplayEngine(scripts_for(problems, 12), yield_every=1)
-    new = asyncio.run(run_problems(cot_config("nemo", 12, 3), problems, tmp_path, engine=engine))
+    new = run_problems(cot_config("nemo", 12, 3), problems, tmp_path, engine=engine)
     assert [r.problem_id for r in new] == ["p1", "p2"]
     text = traces.read_text()
     assert text.startswith(complete) and '"te\n' not in text and '"te{' not in text
@@ -181,7 +179,7 @@ def test_dryrun_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     (None, [], "dataset not found", 1),
     ('{"id": "a", "problem": "x"}\n{"id": \n', [], "set.jsonl:2: not a JSON object", 1),
     ('{"id": "a", "problem": "x"}\n', ["--source", "aime99"], "unknown source 'aime99'", 1),
-    ('{"id": "a", "problem": "x"}\n', ["--policy", "agree=0"], "bad stop policy", 1),
+    ('{"id": "a", "problem": "x"}\n', ["--policy", "agree=0"], "bad stop policy", 2),
     ('{"id": "a", "problem": "x"}\n', ["--streams", "0"], "--streams must be >= 1", 2),
 ])
 def test_dryrun_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -319,3 +317,21 @@ def test_dryrun_on_the_cpu_engine(tmp_path: Path) -> None:
     assert main(argv) == 0  # a second run does no work
     assert (out / "results.jsonl").read_bytes() == results
     assert len(list(read_trace(out / "traces.jsonl"))) == len(events)
+
+
+def test_the_stopwatch_runs_only_while_serving() -> None:
+    now = [100.0]
+    watch = Stopwatch(lambda: now[0])
+    assert watch() == 0.0
+    now[0] += 50  # engine loading: not charged
+    assert watch() == 0.0
+    watch.resume()
+    now[0] += 7
+    assert watch() == 7.0
+    watch.pause()
+    now[0] += 30  # grading: not charged
+    watch.advance(3.0)  # time charged by an earlier process (a resumed run)
+    assert watch() == 10.0
+    watch.resume()
+    now[0] += 1
+    assert watch() == 11.0

@@ -13,6 +13,7 @@ import pytest
 from aimo_infer.backends.base import GenerationRequest
 from aimo_infer.backends.replay import ReplayEngine
 from aimo_infer.config import Config, ConfigError, load_config
+from aimo_infer.evaluate.datasets import DatasetError
 from aimo_infer.kaggle.gateway import (
     GatewayError,
     check_row,
@@ -47,15 +48,15 @@ def test_read_problems_from_jsonl_and_csv(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("id,question\n1,x\n", "missing column"),
-    ("id,problem\n1,x\n1,y\n", "not unique"),
+    ("id,question\n1,x\n", "bad.csv:1: missing column 'problem'"),
+    ("id,problem\n1,x\n 1 ,y\n", "duplicate id '1'"),  # ids are stripped, as in a dry run
     ("id,problem\n", "no problems"),
 ])
 def test_bad_problem_files_get_one_clear_error(tmp_path: Path, content: str,
                                                message: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(content)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(DatasetError, match=message):
         read_problems(path)
     with pytest.raises(FileNotFoundError):
         read_problems(tmp_path / "absent.csv")
@@ -97,19 +98,24 @@ def test_scoring_counts_wrong_answers(tmp_path: Path) -> None:
     assert "score 0/4" in result.summary()
 
 
-@pytest.mark.parametrize(("row", "kind"), [
-    (None, "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["other"], "answer": [1]}), "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["p", "p"], "answer": [1, 2]}), "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["p"], "answer": ["12"]}), "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["p"], "answer": [1000]}), "INVALID_SUBMISSION"),
-    (pl.DataFrame({"id": ["p"]}), "INVALID_SUBMISSION"),
-    ("12", "INVALID_SUBMISSION"),
+@pytest.mark.parametrize(("row", "message"), [
+    (None, "no prediction received"),
+    (pl.DataFrame({"id": ["other"], "answer": [1]}), "id 'other' returned for problem 'p'"),
+    (pl.DataFrame({"id": ["p", "p"], "answer": [1, 2]}), "expected 1 row, received 2"),
+    (pl.DataFrame({"id": ["p"], "answer": ["12"]}), "answer must be an integer"),
+    (pl.DataFrame({"id": ["p"], "answer": [None]}, schema={"id": pl.String, "answer": pl.Int64}),
+     "answer must be an integer"),
+    (pl.DataFrame({"id": ["p"], "answer": [1000]}), "answer 1000 out of range for aimo2"),
+    (pl.DataFrame({"id": ["p"], "answer": [-1]}), "answer -1 out of range for aimo2"),
+    (pl.DataFrame({"id": ["p"]}), "columns must be id, answer"),
+    ("12", "predict returned str, not a DataFrame"),
 ])
-def test_rows_kaggle_would_reject_are_rejected(row: object, kind: str) -> None:
+def test_rows_kaggle_would_reject_are_rejected(row: object, message: str) -> None:
+    """Each bad row is caught by its own check (Kaggle reports all as INVALID_SUBMISSION)."""
     with pytest.raises(GatewayError) as err:
         check_row(row, pl.Series("id", ["p"]), "aimo2")
-    assert err.value.kind == kind
+    assert err.value.kind == "INVALID_SUBMISSION"
+    assert message in str(err.value)
 
 
 def test_a_valid_row_passes_the_check() -> None:

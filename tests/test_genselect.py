@@ -268,7 +268,7 @@ def test_scripted_judgments_change_a_split_vote(tmp_path: Path) -> None:
     end = next(e for e in events if e["event"] == "genselect_end")
     assert end["changed"] is True and end["ordinary"] == 7 and end["chosen"] == 9
     assert next(e for e in events if e["event"] == "problem_end")["answer"] == 9
-    assert result.to_record()["genselect"]["chosen"] == 9
+    assert result.genselect is not None and result.genselect.to_record()["chosen"] == 9
 
 
 def test_unanimous_vote_does_not_run() -> None:
@@ -294,7 +294,7 @@ def test_switched_off_leaves_no_record() -> None:
     engine = ReplayEngine(stream_scripts([7, 9]), default=judge_picking(9))
     result = solve(engine, cfg)
     assert result.genselect is None and result.answer == 7
-    assert result.to_record()["genselect"] is None
+    assert result.genselect is None
 
 
 def test_nothing_parsable_keeps_the_ordinary_answer() -> None:
@@ -396,7 +396,7 @@ def test_dry_run_records_both_choices_and_report_and_simulate_show_them(
     cfg.genselect.min_time_left_s = 0.0
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    asyncio.run(run_problems(cfg, problems, run_dir, engine=engine))
+    run_problems(cfg, problems, run_dir, engine=engine)
 
     records = {r.problem_id: r for r in read_results(run_dir)}
     for pid in ("p0", "p1"):

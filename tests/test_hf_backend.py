@@ -101,8 +101,10 @@ def test_incremental_decoder_reassembles_the_text(tokenizer: Any, text: str) -> 
 
 
 def test_options_are_checked() -> None:
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['batch'\]"):
         HFOptions.parse({"batch": 4})
+    with pytest.raises(ValueError, match="max_batch_size: expected int"):
+        HFOptions.parse({"max_batch_size": "4"})
     with pytest.raises(ValueError, match="dtype"):
         HFOptions.parse({"dtype": "int8"})
     with pytest.raises(EngineUnavailable, match="model not found"):

@@ -291,7 +291,11 @@ def test_llama_server_flavour_and_concurrent_requests(llama_server: Any) -> None
         results = await asyncio.gather(*[
             _collect(engine, GenerationRequest(f"r{i}", prompt=prompt, seed=i, max_tokens=8, temperature=1.0))
             for i in range(3)])
-        assert all(finish == "length" and text for text, _, finish in results)
+        # At temperature 1 a sampled end-of-text may come before the limit: both ends are
+        # right, and each must be consistent with its token count.
+        for text, tokens, finish in results:
+            assert finish in ("length", "stop") and 0 < tokens <= 8, (text, tokens, finish)
+            assert finish == "stop" or tokens == 8, (text, tokens, finish)
         ids = [d async for d in engine.generate(GenerationRequest("ids", prompt_token_ids=(1, 2)))]
         assert ids[-1].finish_reason == "error" and "token-id" in (ids[-1].error or "")
         await engine.shutdown()

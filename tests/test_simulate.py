@@ -267,7 +267,7 @@ def test_simulate_command_on_sample_traces(tmp_path: Path,
 
 @pytest.mark.parametrize(("argv", "message", "code"), [
     (["simulate", "/no/such/run"], "not found: /no/such/run", 1),
-    (["simulate", "{run}", "--policy", "agree=9of3"], "bad stop policy", 1),
+    (["simulate", "{run}", "--policy", "agree=9of3"], "bad stop policy", 2),  # a usage error
     (["simulate", "{run}", "--streams", "20"], "20 streams asked", 1),
     (["simulate", "{traces}", "--model", "nobody"], "no model 'nobody'", 1),
     (["simulate", "{empty}"], "empty.jsonl: no per-sample trace records", 1),
@@ -292,3 +292,21 @@ def test_simulate_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(argv) == code
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_no_budget_drops_the_deadlines_for_traces(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """At 1 tok/s every stream outlasts a 60 s share: with the budget each problem is cut at its
+    deadline; with --no-budget every stream runs to its end."""
+    groups = group_by_model(load_sampled_problems(write_traces(tmp_path / "t.jsonl")))
+    cut, = sample_sweep(groups, ["all"], 4, 1.0, BudgetConfig(), 2, per_problem_s=60.0)
+    free, = sample_sweep(groups, ["all"], 4, 1.0, None, 2)
+    assert cut.total_s <= 60.0 * cut.problems < free.total_s
+    assert free.total_s / free.problems >= 500  # the shortest sample is 500 tokens
+    path = tmp_path / "t.jsonl"
+    args = ["simulate", str(path), "--policy", "all", "--tok-s", "1", "--draws", "2",
+            "--per-problem-s", "60", "--streams", "4"]
+    assert main(args) == 0
+    budgeted = capsys.readouterr().out
+    assert main([*args, "--no-budget"]) == 0
+    assert capsys.readouterr().out != budgeted

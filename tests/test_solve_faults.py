@@ -203,18 +203,20 @@ def test_solve_command_returns_on_time_when_the_engine_ignores_cancel(
 def test_dryrun_command_returns_on_time_when_the_engine_ignores_cancel(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """``aimo-infer dryrun`` too: each problem ends within its window plus the grace, and the
-    command exits although the streams never end."""
+    """``aimo-infer dryrun`` serves through the submission's Predictor, so it has predict()'s
+    guarantee: a valid row within the allotment, and the command exits although the streams
+    never end. (On an allotment this short the watchdog answers before the cut's grace ends,
+    so the row is the fallback; the solve loop's own cut is tested above.)"""
 
     class Stubborn(SwallowsCancellation):
         async def shutdown(self) -> None:
             pass
 
     engine = Stubborn()
-    monkeypatch.setattr("aimo_infer.runtime.create_engine", lambda _: engine)
+    monkeypatch.setattr("aimo_infer.evaluate.dryrun.create_engine", lambda _: engine)
     dataset = tmp_path / "set.jsonl"
     dataset.write_text('{"id": "a", "problem": "What is 6 + 6?", "answer": "12"}\n')
-    per_problem_s = 1.0
+    per_problem_s = 8.0  # above the Predictor's 2 s return margin once the budget is scaled
     start = time.monotonic()
     code = main(["dryrun", str(dataset), "--prompt", "cot", "--streams", "2", "--quiet",
                  "--no-report", "--per-problem-s", str(per_problem_s),
@@ -222,6 +224,6 @@ def test_dryrun_command_returns_on_time_when_the_engine_ignores_cancel(
     elapsed = time.monotonic() - start
     assert code == 0
     results = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").open()]
-    assert [r["answer"] for r in results] == [12]
-    assert engine.cancel_calls
+    assert len(results) == 1 and isinstance(results[0]["submitted"], int)
+    assert results[0]["used_s"] <= results[0]["allotted_s"]
     assert elapsed < per_problem_s + LEFTOVER_GRACE_S + LIVENESS_SLACK_S

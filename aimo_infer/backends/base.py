@@ -12,9 +12,13 @@ text itself, because engines tokenise stop strings and can miss them.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
+
+from aimo_infer.errors import UserError
+
+T = TypeVar("T")
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 FINISH_REASONS: tuple[FinishReason, ...] = ("stop", "length", "cancelled", "error")
@@ -31,8 +35,28 @@ def find_stop(text: str, stops: tuple[str, ...], start: int = 0) -> int:
     return best
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """An engine failed in a way the caller should report (not a bug in the harness)."""
+
+
+class EngineOptionError(EngineError, ValueError):
+    """An engine option (``engine.options``) has an unknown key or a bad value."""
+
+
+def parse_engine_options(cls: type[T], options: dict[str, Any], engine: str,
+                         checks: Callable[[T], list[tuple[bool, str]]] | None = None) -> T:
+    """Options dataclass ``cls`` from ``engine.options``: unknown keys and wrong types by
+    ``config.dataclass_from_table`` (one rule for every table), then ``checks`` (range and
+    choice rules, each ``(ok, what is wrong)``); the first failure raises
+    ``EngineOptionError``."""
+    from aimo_infer.config import dataclass_from_table
+
+    parsed: T = dataclass_from_table(cls, options, f"engine {engine!r} options",
+                                     EngineOptionError)
+    for ok, message in checks(parsed) if checks is not None else []:
+        if not ok:
+            raise EngineOptionError(f"engine {engine!r} options: {message}")
+    return parsed
 
 
 class EngineUnavailable(EngineError):

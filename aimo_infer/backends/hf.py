@@ -26,9 +26,10 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
-    find_stop,
+    parse_engine_options,
 )
 from aimo_infer.backends.hf_rows import IncrementalDecoder, sample_rows
+from aimo_infer.backends.streaming import StopMatcher
 from aimo_infer.config import EngineConfig
 
 _SEED_MASK = (1 << 63) - 1
@@ -50,16 +51,13 @@ class HFOptions:
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> HFOptions:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"engine 'hf': unknown option(s) {unknown}; known: {sorted(known)}")
-        opts = cls(**options)
-        if opts.max_batch_size < 1:
-            raise ValueError("engine 'hf': max_batch_size must be >= 1")
-        if opts.dtype not in ("auto", "bfloat16", "float16", "float32"):
-            raise ValueError(f"engine 'hf': dtype must be auto, bfloat16, float16 or float32, got {opts.dtype!r}")
-        return opts
+        """Options from a config table; unknown keys, wrong types and bad values: one line."""
+        return parse_engine_options(cls, options, "hf", lambda o: [
+            (o.max_batch_size >= 1, f"max_batch_size must be >= 1, got {o.max_batch_size}"),
+            (o.dtype in ("auto", "bfloat16", "float16", "float32"),
+             f"dtype must be auto, bfloat16, float16 or float32, got {o.dtype!r}"),
+            (o.batch_wait_s >= 0, f"batch_wait_s must be >= 0, got {o.batch_wait_s}"),
+        ])
 
 
 @dataclass
@@ -70,10 +68,9 @@ class _Slot:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[StreamDelta]
     finished: bool = False
-    text: str = ""  # kept only when there are stop strings to match
     num_tokens: int = 0
     max_tokens: int = 0
-    stops: tuple[str, ...] = ()
+    stops: StopMatcher | None = None  # None: no stop strings
     decoder: IncrementalDecoder | None = None
     generator: Any = None
     pending_tokens: int = 0  # tokens whose text is held back by the decoder
@@ -245,7 +242,7 @@ class HFEngine(Engine):
                     self._finish(slot, StreamDelta("", 0, "error", reason))
                     continue
                 slot.max_tokens = min(slot.request.max_tokens, room)
-                slot.stops = tuple(s for s in slot.request.stop if s)
+                slot.stops = StopMatcher(slot.request.stop) if any(slot.request.stop) else None
                 slot.decoder = IncrementalDecoder(self._tokenizer)
                 slot.generator = torch.Generator().manual_seed(slot.request.seed & _SEED_MASK)
                 rows.append((slot, ids))
@@ -289,13 +286,9 @@ class HFEngine(Engine):
         else:
             assert slot.decoder is not None
             piece = slot.decoder.push(token)
-            stops = slot.stops
-            if piece and stops:
-                start = max(0, len(slot.text) - max(len(s) for s in stops) + 1)
-                slot.text += piece
-                end = find_stop(slot.text, stops, start)
-                if end >= 0:
-                    piece = piece[: len(piece) - (len(slot.text) - end)]
+            if piece and slot.stops is not None:
+                piece, matched = slot.stops.feed(piece)
+                if matched is not None:
                     finish = "stop"
             if finish is None and slot.num_tokens >= slot.max_tokens:
                 finish = "length"

@@ -24,6 +24,7 @@ from aimo_infer.backends.base import (
     EngineUnavailable,
     GenerationRequest,
     StreamDelta,
+    parse_engine_options,
 )
 from aimo_infer.backends.cpu_share import usable_cores
 from aimo_infer.config import EngineConfig
@@ -56,33 +57,21 @@ class LlamaCppOptions:
     progress: bool = True  # progress display while preparing the default model
 
 
-_INT_OPTIONS = ("n_ctx", "n_threads", "n_batch", "max_sequences", "min_prefix_tokens")
-_BOOL_OPTIONS = ("kv_unified", "flash_attn", "prefix_cache", "progress", "adapt_threads")
+
+
+def _option_checks(o: LlamaCppOptions) -> list[tuple[bool, str]]:
+    counts = {k: getattr(o, k) for k in ("n_ctx", "n_threads", "n_batch", "max_sequences")}
+    return [
+        *((v is None or v >= 1, f"{k} must be >= 1, got {v}") for k, v in counts.items()),
+        (o.min_prefix_tokens >= 0, f"min_prefix_tokens must be >= 0, got {o.min_prefix_tokens}"),
+        (o.kv_type in ("f16", "q8_0"), f"kv_type must be f16 or q8_0, got {o.kv_type!r}"),
+        (o.weights in WEIGHTS, f"weights must be one of {sorted(WEIGHTS)}, got {o.weights!r}"),
+    ]
 
 
 def parse_options(options: dict[str, Any]) -> LlamaCppOptions:
-    """Options from a config table; unknown keys and wrong types get one clear error."""
-    defaults = {f.name: f.default for f in dataclasses.fields(LlamaCppOptions)}
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise EngineError(f"llamacpp: unknown option(s) {unknown}; known: {sorted(defaults)}")
-    for key, value in options.items():
-        if value is None:
-            ok = defaults[key] is None
-        elif key in _BOOL_OPTIONS:
-            ok = isinstance(value, bool)
-        elif key in _INT_OPTIONS:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            ok = ok and (value >= 1 or key == "min_prefix_tokens")
-        elif key == "kv_type":
-            ok = value in ("f16", "q8_0")
-        elif key == "weights":
-            ok = value in WEIGHTS
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise EngineError(f"llamacpp: bad value for option {key}: {value!r}")
-    return LlamaCppOptions(**options)
+    """Options from a config table; unknown keys, wrong types and bad values: one clear line."""
+    return parse_engine_options(LlamaCppOptions, options, "llamacpp", _option_checks)
 
 
 class LlamaCppEngine(Engine):

@@ -16,11 +16,12 @@ from pathlib import Path
 from aimo_infer.backends.base import (
     Engine,
     EngineInfo,
+    EngineUnavailable,
     FinishReason,
     GenerationRequest,
     StreamDelta,
-    find_stop,
 )
+from aimo_infer.backends.streaming import StopMatcher
 from aimo_infer.config import EngineConfig
 
 _TOKEN = re.compile(r"\s*[A-Za-z]+|\s*\d|\s*[^\sA-Za-z\d]|\s+")
@@ -91,10 +92,10 @@ class ReplayEngine(Engine):
         from aimo_infer.traces import latest_attempts, read_trace
 
         if not config.model:
-            raise ValueError("engine 'replay' needs model = a trace file to replay")
+            raise EngineUnavailable("engine 'replay' needs model = a trace file to replay")
         path = Path(config.model)
         if not path.is_file():
-            raise FileNotFoundError(f"replay trace not found: {path}")
+            raise EngineUnavailable(f"replay trace not found: {path}")
         events = latest_attempts(read_trace(path))  # a resumed run: what ran last
         problem_id = config.options.get("problem_id")
         scripts: dict[int, list[ReplaySegment]] = {}
@@ -167,8 +168,7 @@ class ReplayEngine(Engine):
         delay = None if self._tokens_per_s is None else 1.0 / self._tokens_per_s
         loop = asyncio.get_running_loop()
         start = loop.time()
-        stops = request.stop if self._honour_stop else ()
-        text = ""
+        stops = StopMatcher(request.stop if self._honour_stop else ())
         for i, piece in enumerate(pieces):
             if self._running[rid]:
                 yield StreamDelta("", 0, "cancelled")
@@ -178,13 +178,10 @@ class ReplayEngine(Engine):
                 await asyncio.sleep(max(0.0, wait))
             elif i % self._yield_every == self._yield_every - 1:
                 await asyncio.sleep(0)
-            if stops:
-                text += piece
-                longest = max(len(s) for s in stops)
-                hit = find_stop(text, stops, max(0, len(text) - len(piece) - longest + 1))
-                if hit >= 0:
-                    yield StreamDelta(piece[: len(piece) - (len(text) - hit)], 1, "stop")
-                    return
+            kept, matched = stops.feed(piece)
+            if matched is not None:
+                yield StreamDelta(kept, 1, "stop")
+                return
             if i + 1 >= request.max_tokens and i + 1 < len(pieces):
                 yield StreamDelta(piece, 1, "length")
                 return

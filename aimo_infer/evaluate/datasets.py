@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aimo_infer.errors import UserError
+from aimo_infer.solve.ranges import in_range
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 # name -> (file in aimo_infer/data, the answer profile that grades its answers faithfully)
@@ -29,7 +32,7 @@ BUNDLED: dict[str, tuple[str, str]] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A problem set cannot be used; the message names the file and line."""
 
 
@@ -92,7 +95,7 @@ def suggested_profile(problems: Iterable[Problem]) -> str:
         if p.answer is None:
             continue
         text = p.answer.strip()
-        if not text.isdigit() or int(text) > 99_999:
+        if not text.isdigit() or not in_range(int(text), "aimo3"):
             return "free"
     return "aimo3"
 

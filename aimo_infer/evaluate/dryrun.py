@@ -1,60 +1,63 @@
-"""``aimo-infer dryrun``: the submission path, timed, over a local problem set, graded.
+"""``aimo-infer dryrun``: the submission, timed, over a local problem set, graded.
 
-Problems are served in a seeded shuffled order (as the gateway does), one at a time, each with
-the deadline the ``TimeBudget`` grants (less the submission's wind-down), with the configured
-streams and early stopping. Every finished problem is appended to ``results.jsonl`` at once,
-so a run killed halfway and started again on the same directory skips what is done.
+Problems are served in the gateway's order (its seeded polars sample), one at a time, to the
+submission's own ``Predictor``: the same time budget, wind-down, watchdog, engine supervision,
+fallback answer and row check as on Kaggle. Every served problem is graded and appended to
+``results.jsonl`` at once, so a run killed halfway and started again on the same directory
+skips what is done.
 
 Time limit scaled to the subset: the budget's ``total_s`` becomes a per-problem share times the
 number of problems (default share: ``total_s / num_problems`` of the config, 5 h / 50 = 360 s),
 and the safety margin shrinks in proportion. The budget clock runs only while problems are
-solved: engine start-up and grading are not charged.
+served: engine start-up and grading are not charged.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
-import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
 from aimo_infer.config import Config, ConfigError, GenSelectConfig, check_setting
 from aimo_infer.evaluate.datasets import Problem, load_dataset, select
 from aimo_infer.evaluate.grade import grade
-from aimo_infer.evaluate.run_budget import scaled_budget, solve_window
+from aimo_infer.evaluate.run_budget import Stopwatch, replay_budget, scaled_budget
 from aimo_infer.evaluate.runs import (
     CONFIG,
     RESULTS,
     TRACES,
-    VOTING_ENDS,
     ProblemRecord,
     StreamRecord,
     append_result,
     read_results,
     repair_results,
 )
-from aimo_infer.kaggle.budget import Allotment, TimeBudget
-from aimo_infer.solve.controller import Controller, ProblemResult
+from aimo_infer.kaggle.budget import Allotment, wind_down
+from aimo_infer.kaggle.gateway import check_row, shuffled
+from aimo_infer.kaggle.predict import Predictor, SerialTraceWriter
+from aimo_infer.solve.controller import ProblemResult
 from aimo_infer.solve.vote import Answer
-from aimo_infer.traces import TraceWriter
 
 DEFAULT_RUNS_DIR = Path("runs")
 DEFAULT_DATASET = "comp-math"  # the bundled Comp-Math-24-25
 
 
 def serving_order(problems: Sequence[Problem], seed: int) -> list[Problem]:
-    """The problems shuffled with ``seed``, as the gateway serves them."""
-    order = list(problems)
-    random.Random(seed).shuffle(order)
-    return order
+    """The problems in the order the gateway serves them with ``seed`` (its polars sample)."""
+    rows = shuffled(pl.DataFrame({"row": range(len(problems))}, schema={"row": pl.Int64}), seed)
+    return [problems[i] for i in rows["row"]]
 
 
 def check_resumable(run_dir: Path, run_config: dict[str, Any]) -> None:
@@ -102,7 +105,7 @@ def check_resumable(run_dir: Path, run_config: dict[str, Any]) -> None:
 class ProblemTiming:
     """When a problem ran and what the time budget granted and charged it."""
 
-    start: float  # controller clock at the problem's start
+    start: float  # the allotment's start, on the clock the controller ran on
     allotment: Allotment
     deadline_s: float  # the controller's deadline, from ``start``
     used_s: float  # charged to the budget
@@ -110,9 +113,11 @@ class ProblemTiming:
     bank_after_s: float
 
 
-def grade_result(result: ProblemResult, problem: Problem, order: int,
-                 submitted: Answer | None, timing: ProblemTiming) -> ProblemRecord:
-    """The record of a solved problem: the submitted answer and every stream graded."""
+def grade_result(result: ProblemResult | None, problem: Problem, order: int,
+                 submitted: Answer | None, timing: ProblemTiming,
+                 outcome: str = "answered") -> ProblemRecord:
+    """The record of a served problem: the submitted answer and every stream graded. A call
+    the predictor cut or failed (no result) is recorded with its ``outcome`` as stop reason."""
     cache: dict[Answer, tuple[bool, str]] = {}
 
     def judge(answer: Answer | None) -> tuple[bool | None, str]:
@@ -127,35 +132,30 @@ def grade_result(result: ProblemResult, problem: Problem, order: int,
 
     start = timing.start
     streams = []
-    for s in result.streams:
+    for s in result.streams if result is not None else []:
         finish = s.finished_at if s.finished_at is not None else start + result.elapsed_s
         streams.append(StreamRecord(
             s.index, s.seed, s.end, s.answer, judge(s.answer)[0], s.tokens, s.num_code_calls,
             sum(c.elapsed_s for c in s.code_calls), s.started_at - start, finish - start,
             s.error))
-    if result.stop_reason == "deadline":
-        decision = timing.deadline_s
+    if result is None or result.stop_reason == "deadline":
+        decision = min(timing.deadline_s, timing.used_s)
     else:  # the controller decided when the last voting stream came in
-        decision = max((s.finish_s for s in streams if s.end in VOTING_ENDS), default=0.0)
+        decision = max((s.finish_s for s in streams if s.votes), default=0.0)
     correct, method = judge(submitted)
     allotment = timing.allotment
-    genselect = None if result.genselect is None else {  # both choices graded
+    genselect = None if result is None or result.genselect is None else {  # both graded
         **result.genselect.to_record(), "ordinary_correct": judge(result.genselect.ordinary)[0]}
     return ProblemRecord(
-        problem.id, problem.source, order, problem.answer, result.answer, submitted, correct,
-        method, [(a, c) for a, c in result.vote.counts], result.vote.num_missing,
-        result.stop_reason, result.elapsed_s, timing.used_s, decision, allotment.base_s,
-        allotment.extra_s, allotment.seconds, timing.deadline_s, timing.bank_before_s,
-        timing.bank_after_s, result.total_tokens, streams, genselect)
-
-
-def submitted_answer(answer: Answer | None, profile: str, fallback: int) -> Answer | None:
-    """What the submission would return: aimo profiles give a valid int (fallback when none)."""
-    if profile == "free":
-        return answer
-    from aimo_infer.kaggle.predict import submission_answer
-
-    return submission_answer(answer, profile, fallback)
+        problem.id, problem.source, order, problem.answer,
+        None if result is None else result.answer, submitted, correct, method,
+        [] if result is None else [(a, c) for a, c in result.vote.counts],
+        0 if result is None else result.vote.num_missing,
+        outcome if result is None else result.stop_reason,
+        timing.used_s if result is None else result.elapsed_s, timing.used_s, decision,
+        allotment.base_s, allotment.extra_s, allotment.seconds, timing.deadline_s,
+        timing.bank_before_s, timing.bank_after_s,
+        0 if result is None else result.total_tokens, streams, genselect)
 
 
 class ProgressDisplay:
@@ -199,17 +199,18 @@ class ProgressDisplay:
         self.progress.update(self.task, advance=1, status=self._status(bank_s))
 
 
-async def run_problems(config: Config, order: Sequence[Problem], run_dir: Path,
-                       display: ProgressDisplay | None = None, engine: Engine | None = None,
-                       clock: Callable[[], float] | None = None) -> list[ProblemRecord]:
-    """Solve the problems of ``order`` not yet in ``run_dir``, appending each result.
+def run_problems(config: Config, order: Sequence[Problem], run_dir: Path,
+                 display: ProgressDisplay | None = None, engine: Engine | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> list[ProblemRecord]:
+    """Serve the problems of ``order`` not yet in ``run_dir`` to the submission's ``Predictor``
+    (watchdog, engine supervision, fallback, wind-down), check each row as the gateway does,
+    grade it and append it at once.
 
-    ``engine`` replaces the configured one and ``clock`` the controller's (tests).
-    The budget is first replayed over the finished problems (their charged times, in the order
-    they ran), so a resumed run continues with the bank it had.
+    ``engine`` replaces the configured one and ``clock`` the wall clock (tests). The engine
+    loads before the budget's clock starts, and the clock stops between problems (grading is
+    not charged). The budget is first replayed over the finished problems (their charged
+    times, in the order they ran), so a resumed run continues with the bank it had.
     """
-    from aimo_infer.runtime import harness
-
     repair_results(run_dir)
     ids = {p.id for p in order}
     done = sorted((r for r in read_results(run_dir) if r.problem_id in ids) if
@@ -218,50 +219,61 @@ async def run_problems(config: Config, order: Sequence[Problem], run_dir: Path,
     todo = [(i, p) for i, p in enumerate(order) if p.id not in done_ids]
     if not todo:
         return []
-    budget_now = 0.0
-    budget = TimeBudget(config.budget, start=budget_now, num_problems=len(order))
-    for r in done:
-        budget.settle(budget.allot(budget_now), r.used_s)
-        budget_now += r.used_s
+    served = copy.deepcopy(config)
+    served.submission.load = "eager"  # loading is not charged: it ends before the clock starts
+    watch = Stopwatch(clock)
+    tracer = SerialTraceWriter(str(run_dir / TRACES))
+    predictor = Predictor(
+        served, engine_factory=create_engine if engine is None else (lambda _: engine),
+        tracer=tracer, num_problems=len(order), clock=watch,
+        row_profile="aimo3" if config.solve.profile == "free" else None)
     new: list[ProblemRecord] = []
-    with TraceWriter(run_dir / TRACES) as tracer:
-        async with harness(config, tracer, engine) as controller:
-            if clock is not None:
-                controller.clock = clock
-            if display is not None:  # only once the engine is up: a failed start prints one line
-                display.start()
-            try:
-                await _solve_all(controller, config, todo, budget, budget_now, run_dir, tracer,
-                                 display, new)
-            finally:
+    try:
+        predictor.start()
+        watch.advance(replay_budget(predictor.budget, [r.used_s for r in done], watch()))
+        if display is not None:  # only once the engine is up: a failed start prints one line
+            display.start()
+        try:
+            for index, problem in todo:
+                record = serve_one(predictor, watch, problem, index)
+                append_result(run_dir, record)
+                tracer.sync()
+                new.append(record)
                 if display is not None:
-                    display.stop()
+                    display.add(record, predictor.budget.bank_s)
+        finally:
+            if display is not None:
+                display.stop()
+    finally:
+        predictor.close()
+        tracer.close()
     return new
 
 
-async def _solve_all(controller: Controller, config: Config, todo: Sequence[tuple[int, Problem]],
-                     budget: TimeBudget, budget_now: float, run_dir: Path, tracer: TraceWriter,
-                     display: ProgressDisplay | None, new: list[ProblemRecord]) -> None:
-    """Solve, grade and append each problem in turn; ``budget_now`` is the budget's clock,
-    which advances only by the time charged for each problem."""
-    sub, profile = config.submission, config.solve.profile
-    for index, problem in todo:
-        allotment = budget.allot(budget_now)
-        deadline_s = solve_window(allotment.seconds, sub.wind_down_s)
-        bank_before = budget.bank_s
-        start = controller.clock()
-        result = await controller.solve(problem.id, problem.problem, start + deadline_s)
-        used = controller.clock() - start
-        budget.settle(allotment, used)
-        budget_now += used
-        submitted = submitted_answer(result.answer, profile, sub.fallback_answer)
-        timing = ProblemTiming(start, allotment, deadline_s, used, bank_before, budget.bank_s)
-        record = grade_result(result, problem, index, submitted, timing)
-        append_result(run_dir, record)
-        tracer.sync()
-        new.append(record)
-        if display is not None:
-            display.add(record, budget.bank_s)
+def serve_one(predictor: Predictor, watch: Stopwatch, problem: Problem, order: int) \
+        -> ProblemRecord:
+    """One ``predict`` call as the gateway makes it (the id and problem as one-row Series),
+    the row checked as the gateway checks it, the call graded."""
+    profile = predictor.config.solve.profile
+    served_id = pl.Series("id", [problem.id])
+    bank_before = predictor.budget.bank_s
+    watch.resume()
+    try:
+        row = predictor.predict(served_id, pl.Series("problem", [problem.problem]))
+    finally:
+        watch.pause()
+    call = predictor.calls[-1]
+    row = check_row(row, served_id, "aimo3" if profile == "free" else profile)
+    result = call.result
+    submitted: Answer | None = row["answer"][0]
+    if profile == "free":
+        submitted = None if result is None else result.answer
+    sub = predictor.config.submission
+    allotment = call.allotment or Allotment(order, 0.0, 0.0, 0.0, call.started_at)
+    window = wind_down(allotment.seconds, sub.wind_down_s, sub.return_margin_s)
+    timing = ProblemTiming(allotment.deadline - allotment.seconds, allotment, window.solve_s,
+                           call.elapsed_s, bank_before, predictor.budget.bank_s)
+    return grade_result(result, problem, order, submitted, timing, call.outcome)
 
 
 def config_sets_profile(path: str | None) -> bool:
@@ -283,11 +295,13 @@ def add_dryrun_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
     p = sub.add_parser(
         "dryrun", help="timed local run over a problem set, graded, with a report",
-        description="Serve a problem set as the Kaggle gateway would (seeded shuffle, one at a "
-        "time, the time budget, early stopping), grade every answer, and write traces, "
-        "results and a report to the output directory. Started again on the same directory "
-        "it skips finished problems. The time limit is scaled to the subset: a per-problem "
-        "share (default: config total_s / num_problems) times the number of problems.",
+        description="Serve a problem set to the submission's own predict, as the Kaggle "
+        "gateway would (its seeded shuffle, one at a time; the time budget, wind-down, "
+        "watchdog, engine restarts and fallback answer of the submission), grade every answer, "
+        "and write traces, results and a report to the output directory. Started again on the "
+        "same directory it skips finished problems. The time limit is scaled to the subset: a "
+        "per-problem share (default: config total_s / num_problems) times the number of "
+        "problems; the clock stops while the engine loads and between problems.",
     )
     p.add_argument("dataset", nargs="?", default=DEFAULT_DATASET,
                    help="comp-math (Comp-Math-24-25, the default), comp-math-int, "
@@ -304,7 +318,7 @@ def add_dryrun_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="time share per problem; the limit is S x number of problems")
     p.add_argument("--time-limit", type=float, metavar="S", help="total time limit (s)")
     p.add_argument("--shuffle-seed", type=int, metavar="N",
-                   help="serving order seed (default: the run seed)")
+                   help="the gateway's serving order seed (default: the run seed)")
     p.add_argument("--no-report", action="store_true", help="do not write the report")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_dryrun)
@@ -358,9 +372,7 @@ def cmd_dryrun(args: argparse.Namespace) -> int:
         if done:
             console.print(f"resuming {run_dir}: {len(done)} of {len(order)} finished")
         display = ProgressDisplay(len(order), done, enabled=not args.quiet)
-        from aimo_infer.runtime import run_bounded  # a stream that will not end cannot hold it
-
-        run_bounded(run_problems(config, order, run_dir, display))
+        run_problems(config, order, run_dir, display)
     if not args.no_report:
         from aimo_infer.evaluate.report import write_report
 

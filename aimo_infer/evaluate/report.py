@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aimo_infer.errors import DataError
 from aimo_infer.evaluate.runs import (
     REPORT_JSON,
     REPORT_MD,
@@ -196,7 +197,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     """Every metric of a run, from its results and config."""
     records = read_results(run_dir)
     if not records:
-        raise ValueError(f"{run_dir}: no finished problems to report on")
+        raise DataError(f"{run_dir}: no finished problems to report on")
     run_config = read_run_config(run_dir)
     config = run_config.get("config", {})
     solve = config.get("solve", {})

@@ -8,13 +8,14 @@ Times in a record are seconds from the problem's start (just before the controll
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aimo_infer.config import Config, dataclass_from_table
-from aimo_infer.solve.vote import Answer
+from aimo_infer.errors import DataError, MissingFile
+from aimo_infer.solve.stream import stopped_early, votes
+from aimo_infer.solve.vote import Answer, vote_split
 from aimo_infer.traces import read_jsonl_tolerant, repair_torn_tail
 
 TRACES = "traces.jsonl"
@@ -23,8 +24,6 @@ CONFIG = "config.json"
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 
-# Stream ends whose answer votes (as in the controller); "cancelled" streams do not vote.
-VOTING_ENDS = frozenset({"stop", "length", "code_limit", "deadline", "error"})
 
 
 @dataclass
@@ -45,7 +44,7 @@ class StreamRecord:
 
     @property
     def votes(self) -> bool:
-        return self.end in VOTING_ENDS
+        return votes(self.end)
 
 
 @dataclass
@@ -125,13 +124,10 @@ class ProblemRecord:
     @property
     def stopped_early(self) -> bool:
         """A policy stopped the problem with streams still running."""
-        return self.stop_reason not in ("all finished", "deadline")
+        return stopped_early(self.stop_reason)
 
     def vote_split(self) -> str:
-        parts = [f"{a} x{c}" for a, c in self.votes]
-        if self.num_missing:
-            parts.append(f"none x{self.num_missing}")
-        return ", ".join(parts) or "no votes"
+        return vote_split(self.votes, self.num_missing)
 
 
 def _is_genselect(data: dict[str, Any]) -> bool:
@@ -155,13 +151,13 @@ def read_results(run_dir: str | Path) -> list[ProblemRecord]:
     """The finished problems of a run, in the order they finished; errors name file and line."""
     path = Path(run_dir) / RESULTS
     if not path.is_file():
-        raise FileNotFoundError(f"no {RESULTS} in {run_dir} (not a dry-run directory?)")
+        raise MissingFile(f"no {RESULTS} in {run_dir} (not a dry-run directory?)")
     records = []
     for number, data in read_jsonl_tolerant(path, "a JSON record"):
         try:
             records.append(ProblemRecord.from_dict(data))
         except ValueError as exc:
-            raise ValueError(f"{path}:{number}: not a problem record ({exc})") from exc
+            raise DataError(f"{path}:{number}: not a problem record ({exc})") from exc
     return records
 
 
@@ -186,17 +182,13 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from exc
+        raise DataError(f"{path}: not valid JSON ({exc.msg})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise DataError(f"{path}: expected a JSON object")
     if "config" in data:  # the values the report and the simulator read must have their types
         try:
             dataclass_from_table(Config, data["config"], "config", ValueError,
                                  ignore_unknown=True)
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+            raise DataError(f"{path}: {exc}") from exc
     return data
-
-
-def finished_ids(records: Iterable[ProblemRecord]) -> set[str]:
-    return {r.problem_id for r in records}

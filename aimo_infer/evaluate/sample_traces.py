@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from aimo_infer.errors import DataError, MissingFile
 from aimo_infer.evaluate.runs import RESULTS
 from aimo_infer.evaluate.simulate import SimProblem, SimStream
-from aimo_infer.solve.answer import AIMO3_MAX, parse_integer
+from aimo_infer.solve.answer import parse_integer
+from aimo_infer.solve.ranges import to_profile
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,10 @@ def load_sampled_problems(path: str | Path) -> list[SampledProblem]:
     """Every problem in a trace file, or in every ``*.jsonl`` of a folder (sorted by name)."""
     root = Path(path)
     if not root.exists():
-        raise FileNotFoundError(f"trace path not found: {root}")
+        raise MissingFile(f"trace path not found: {root}")
     files = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
     if not files:
-        raise FileNotFoundError(f"no *.jsonl trace files in {root}")
+        raise MissingFile(f"no *.jsonl trace files in {root}")
     problems: list[SampledProblem] = []
     for file in files:
         for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
@@ -65,13 +67,13 @@ def _parse(file: Path, number: int, line: str) -> SampledProblem:
         row = json.loads(line)
         reference = parse_integer(str(row["reference_answer"]))
         if reference is None:
-            raise ValueError(f"reference answer {row['reference_answer']!r} is not an integer")
+            raise DataError(f"reference answer {row['reference_answer']!r} is not an integer")
         samples = tuple(Sample(_answer(None if s.get("answer") is None else str(s["answer"])), int(s.get("tokens") or 0))
                         for s in row["samples"])
         return SampledProblem(str(row["problem_id"]), str(row.get("model", file.stem)),
                               str(row.get("dataset", "")), reference, samples)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{file}:{number}: not a per-sample trace record ({exc})") from exc
+        raise DataError(f"{file}:{number}: not a per-sample trace record ({exc})") from exc
 
 
 @functools.lru_cache(maxsize=65536)
@@ -79,14 +81,14 @@ def _answer(raw: str | None) -> int | None:
     if raw is None:
         return None
     value = parse_integer(raw)
-    return value if value is not None and 0 <= value <= AIMO3_MAX else None
+    return None if value is None else to_profile(value, "aimo3")
 
 
 def draw_problem(problem: SampledProblem, num_streams: int, tok_s: float,
                  rng: random.Random) -> SimProblem:
     """``num_streams`` samples drawn without replacement, each arriving at length / ``tok_s``."""
     if num_streams > len(problem.samples):
-        raise ValueError(f"{problem.model} {problem.problem_id}: {num_streams} streams asked, "
+        raise DataError(f"{problem.model} {problem.problem_id}: {num_streams} streams asked, "
                          f"{len(problem.samples)} samples recorded")
     drawn = rng.sample(problem.samples, num_streams)
     streams = tuple(SimStream(s.answer, s.tokens / tok_s, s.tokens) for s in drawn)

@@ -26,7 +26,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aimo_infer.config import BudgetConfig
+from aimo_infer.config import BudgetConfig, ConfigError
+from aimo_infer.errors import DataError
 from aimo_infer.evaluate.run_budget import solve_window
 from aimo_infer.evaluate.runs import ProblemRecord, StreamRecord
 from aimo_infer.kaggle.budget import TimeBudget
@@ -212,11 +213,11 @@ def problem_from_record(record: ProblemRecord, lengths: LengthModel, num_streams
     """A recorded problem as simulator input: its first ``num_streams`` streams (the seeds a
     run with that many streams uses), generation times divided by ``tok_s_scale``."""
     if tok_s_scale <= 0:
-        raise ValueError(f"tokens/s scale must be > 0, got {tok_s_scale}")
+        raise ConfigError(f"tokens/s scale must be > 0, got {tok_s_scale}")
     recorded = sorted(record.streams, key=lambda s: s.index)
     n = len(recorded) if num_streams is None else num_streams
     if not 1 <= n <= len(recorded):
-        raise ValueError(f"{record.problem_id}: {n} streams asked, {len(recorded)} recorded")
+        raise DataError(f"{record.problem_id}: {n} streams asked, {len(recorded)} recorded")
 
     def scaled(s: StreamRecord, t: float) -> float:
         code_end = s.start_s + s.code_s

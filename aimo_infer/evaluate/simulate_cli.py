@@ -23,6 +23,7 @@ from aimo_infer.config import (
     check_setting,
     dataclass_from_table,
 )
+from aimo_infer.errors import DataError, MissingFile
 from aimo_infer.evaluate.run_budget import scaled_budget
 from aimo_infer.evaluate.runs import ProblemRecord, read_results, read_run_config
 from aimo_infer.evaluate.sample_traces import (
@@ -40,6 +41,7 @@ from aimo_infer.evaluate.simulate import (
     simulate_run,
 )
 from aimo_infer.solve.policies import PRESETS, parse_policy
+from aimo_infer.solve.stream import stopped_early
 
 # Rules near the presets, for sweeps: looser and tighter agreement, earlier and later quorum.
 NEARBY_RULES: tuple[str, ...] = (
@@ -77,7 +79,7 @@ class Score:
 def score_runs(label: str, runs: Sequence[RunOutcome]) -> Score:
     """Means over runs; the standard error is over the runs' numbers right."""
     if not runs:
-        raise ValueError("no runs to score")
+        raise DataError("no runs to score")
     per_run = [float(r.num_correct) for r in runs]
     problems = len(runs[0].problems)
     se = statistics.stdev(per_run) / math.sqrt(len(runs)) if len(runs) > 1 else None
@@ -91,8 +93,7 @@ def score_runs(label: str, runs: Sequence[RunOutcome]) -> Score:
         mean([sum(p.answer is None for p in r.problems) for r in runs]),
         total / problems if problems else 0.0, total,
         mean([r.total_tokens for r in runs]),
-        mean([sum(p.stop_reason not in ("all finished", "deadline") for p in r.problems)
-              for r in runs]),
+        mean([sum(stopped_early(p.stop_reason) for p in r.problems) for r in runs]),
         mean([sum(p.cut_answers for p in r.problems) for r in runs]),
     )
 
@@ -124,10 +125,11 @@ def rescore_records(records: Sequence[ProblemRecord], policy: str, num_streams: 
 
 
 def sample_sweep(groups: dict[str, list[SampledProblem]], policies: Sequence[str],
-                 num_streams: int, tok_s: float, budget: BudgetConfig, draws: int,
+                 num_streams: int, tok_s: float, budget: BudgetConfig | None, draws: int,
                  seed: int = 0, per_problem_s: float | None = None,
                  wind_down_s: float = 0.0) -> list[Score]:
-    """Per policy: ``draws`` runs of every model's problems (same draws for every policy)."""
+    """Per policy: ``draws`` runs of every model's problems (same draws for every policy);
+    ``budget=None``: no deadlines."""
     scores = []
     for policy in policies:
         rule = parse_policy(policy)
@@ -136,7 +138,8 @@ def sample_sweep(groups: dict[str, list[SampledProblem]], policies: Sequence[str
             outcomes: list[SimOutcome] = []
             for model, problems in sorted(groups.items()):
                 rng = random.Random(f"{seed}:{model}:{d}")
-                run_budget = scaled_budget(budget, len(problems), per_problem_s)
+                run_budget = None if budget is None else \
+                    scaled_budget(budget, len(problems), per_problem_s)
                 drawn = draw_run(problems, num_streams, tok_s, rng)
                 outcomes += simulate_run(drawn, rule, run_budget, wind_down_s).problems
             runs.append(RunOutcome(tuple(outcomes)))
@@ -176,13 +179,15 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
                    "(default: the recorded one; nemo for traces)")
     p.add_argument("--sweep", action="store_true",
                    help="also every preset and nearby rules, as one table")
-    p.add_argument("--streams", type=int, metavar="N", help="streams per problem (the first N "
-                   "recorded seeds; for traces, N drawn samples; default 12)")
+    p.add_argument("--streams", type=int, metavar="N", help="streams per problem (run dir: the "
+                   "first N recorded seeds, default the recorded count; traces: N drawn "
+                   "samples, default 12)")
     p.add_argument("--base-s", type=float, metavar="S", help="per-problem base time")
     p.add_argument("--max-extra-s", type=float, metavar="S", help="cap on the buffer draw")
     p.add_argument("--per-problem-s", type=float, metavar="S",
                    help="time share per problem (limit = S x problems)")
-    p.add_argument("--no-budget", action="store_true", help="no deadlines at all")
+    p.add_argument("--no-budget", action="store_true",
+                   help="no time budget: no deadlines, every stream runs to its end")
     p.add_argument("--no-genselect", action="store_true",
                    help="run dir: add the recorded run as if GenSelect had been off (its "
                    "ordinary choices and time are recorded); simulated rows never use it")
@@ -231,7 +236,7 @@ def _policies(args: argparse.Namespace, default: str) -> list[str]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     source = Path(args.source)
     if not source.exists():
-        raise FileNotFoundError(f"not found: {source}")
+        raise MissingFile(f"not found: {source}")
     check_flags(args)
     if is_sample_trace(source):
         return _simulate_samples(source, args)
@@ -241,7 +246,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
     records = read_results(run_dir)
     if not records:
-        raise ValueError(f"{run_dir}: no finished problems to simulate")
+        raise DataError(f"{run_dir}: no finished problems to simulate")
     config = read_run_config(run_dir).get("config", {})
     solve = config.get("solve", {})
     budget_cfg = (dataclass_from_table(BudgetConfig, config["budget"], "config.budget",
@@ -252,7 +257,8 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
         budget = scaled_budget(budget, len(records), args.per_problem_s)
     if args.no_budget:
         budget = None
-    wind_down = float(config.get("submission", {}).get("wind_down_s", 0.0))
+    wind_down = float(config.get("submission", {}).get("wind_down_s",
+                                                       SubmissionConfig().wind_down_s))
     max_tokens = int(solve.get("sampling", {}).get("max_tokens", 4096))
     scores = [recorded_score(records)]
     if args.no_genselect:
@@ -273,19 +279,19 @@ def _simulate_samples(path: Path, args: argparse.Namespace) -> int:
     try:
         groups = group_by_model(load_sampled_problems(path))
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     if not groups:
-        raise ValueError(f"{path}: no per-sample trace records to simulate")
+        raise DataError(f"{path}: no per-sample trace records to simulate")
     if args.model:
         unknown = [m for m in args.model if m not in groups]
         if unknown:
-            raise ValueError(f"no model {unknown[0]!r} in {path}; models: "
+            raise DataError(f"no model {unknown[0]!r} in {path}; models: "
                              f"{', '.join(sorted(groups))}")
         groups = {m: groups[m] for m in args.model}
-    budget = _budget_from(BudgetConfig(), args)
+    budget = None if args.no_budget else _budget_from(BudgetConfig(), args)
     scores = sample_sweep(groups, _policies(args, "nemo"), args.streams or 12, args.tok_s,
                           budget, args.draws, args.seed, args.per_problem_s,
-                          0.0 if args.no_budget else SubmissionConfig().wind_down_s)
+                          SubmissionConfig().wind_down_s)
     print_scores(scores, f"{path}: {len(groups)} model(s), {args.streams or 12} streams, "
                  f"{args.tok_s:g} tok/s per stream, {args.draws} draws")
     return 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aimo_infer.config import BudgetConfig, ConfigError, load_config
+from aimo_infer.errors import MissingFile
 from aimo_infer.kaggle.budget import PRESETS, TimeBudget, preset_config
 
 USED_HELP = "full (default), half, or 'trace FILE' (JSONL: elapsed_s of predict events, or used_s)"
@@ -34,7 +35,7 @@ def trace_times(path: str | Path) -> list[float]:
     """Seconds each problem used, in serving order, from a predict trace or dry-run results."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"trace not found: {p}")
+        raise MissingFile(f"trace not found: {p}")
     times: list[float] = []
     for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

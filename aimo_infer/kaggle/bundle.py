@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aimo_infer.config import ConfigError
+from aimo_infer.errors import ExternalError, MissingFile
 from aimo_infer.kaggle.bundle_target import (
     TARGETS,
     Target,
@@ -141,7 +142,7 @@ def project_root(start: Path | None = None) -> Path:
     for candidate in (here, *here.parents):
         if (candidate / "pyproject.toml").is_file() and (candidate / "aimo_infer").is_dir():
             return candidate
-    raise FileNotFoundError("the aimo-infer source tree (pyproject.toml) was not found; "
+    raise MissingFile("the aimo-infer source tree (pyproject.toml) was not found; "
                             "pass --project DIR")
 
 
@@ -179,7 +180,7 @@ def plan_bundle(opts: BundleOptions) -> list[Step]:
     if opts.profile not in PROFILES:
         raise ConfigError(f"unknown bundle profile {opts.profile!r}; known: {sorted(PROFILES)}")
     if opts.lock is not None and not opts.lock.is_file():
-        raise FileNotFoundError(f"lock file not found: {opts.lock}")
+        raise MissingFile(f"lock file not found: {opts.lock}")
     prof = PROFILES[opts.profile]
     wheels = str(opts.out / "wheels")
     pip = (opts.python, "-m", "pip")
@@ -275,7 +276,7 @@ def build_bundle(opts: BundleOptions, dataset_id: str) -> dict[str, object]:
         done = subprocess.run(step.argv, capture_output=True, text=True)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise OSError(f"{step.what} failed (exit {done.returncode}): {' | '.join(tail)}")
+            raise ExternalError(f"{step.what} failed (exit {done.returncode}): {' | '.join(tail)}")
     check_wheels(opts.out / "wheels", opts.target)
     write_dataset_files(opts, dataset_id)
     return write_manifest(opts, steps)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aimo_infer.config import ConfigError
+from aimo_infer.errors import ExternalError, MissingFile
 
 AIMO3_PYTHON = "3.12"
 # pip widens manylinux2014 to manylinux2010 and manylinux1 itself
@@ -131,7 +132,7 @@ def check_wheels(wheel_dir: Path, target: Target) -> None:
 def read_lock(path: Path) -> dict[str, str]:
     """``name==version`` lines of a lock file (comments and blanks ignored)."""
     if not path.is_file():
-        raise FileNotFoundError(f"lock file not found: {path}")
+        raise MissingFile(f"lock file not found: {path}")
     pins: dict[str, str] = {}
     for number, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -157,7 +158,7 @@ def resolve_lock(requirement: str, target: Target, out: Path, python: str = sys.
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             tail = [ln for ln in done.stderr.splitlines() if ln.startswith("ERROR")][-2:]
-            raise OSError(f"resolving {requirement} failed: {' | '.join(tail) or done.stderr[-300:]}")
+            raise ExternalError(f"resolving {requirement} failed: {' | '.join(tail) or done.stderr[-300:]}")
         installs = json.loads(report.read_text())["install"]
     pins = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
             for i in installs}

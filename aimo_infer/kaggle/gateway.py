@@ -25,10 +25,11 @@ from typing import Any
 import polars as pl
 
 from aimo_infer.config import ConfigError
+from aimo_infer.errors import MissingFile
+from aimo_infer.solve.ranges import ANSWER_LIMITS, in_range
 
 STARTUP_LIMIT_S = 15 * 60.0
 CALL_LIMITS_S = {"aimo2": 30 * 60.0, "aimo3": 9 * 3600.0}
-ANSWER_LIMITS = {"aimo2": 1000, "aimo3": 100_000}  # valid answers: 0 .. limit - 1
 COMPETITION_DIRS = {
     "aimo2": "/kaggle/input/ai-mathematical-olympiad-progress-prize-2",
     "aimo3": "/kaggle/input/ai-mathematical-olympiad-progress-prize-3",
@@ -69,29 +70,21 @@ class GatewayResult:
 
 
 def read_problems(path: str | Path) -> pl.DataFrame:
-    """Problems from a CSV (Kaggle's layout) or JSONL file: ``id``, ``problem`` [, ``answer``]."""
+    """Problems from a CSV (Kaggle's layout) or JSONL file: ``id``, ``problem`` [, ``answer``].
+
+    Read by the dry run's reader (``datasets.load_dataset``: the same checks and messages, ids
+    stripped), so a dry run and the local gateway serve the same rows; every column is text.
+    """
+    from aimo_infer.evaluate.datasets import load_dataset
+
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"problem file not found: {p}")
-    try:
-        if p.suffix in (".jsonl", ".ndjson"):
-            frame = pl.read_ndjson(p, infer_schema_length=None)
-        else:
-            frame = pl.read_csv(p)
-    except Exception as exc:  # polars raises several error types for malformed files
-        raise ConfigError(f"{p}: cannot read problems ({type(exc).__name__}: {exc})") from exc
-    missing = [c for c in ("id", "problem") if c not in frame.columns]
-    if missing:
-        raise ConfigError(f"{p}: missing column(s) {missing}; found {frame.columns}")
-    if frame.height == 0:
-        raise ConfigError(f"{p}: no problems")
-    if frame["id"].n_unique() != frame.height:
-        raise ConfigError(f"{p}: ids are not unique")
-    columns = ["id", "problem"] + (["answer"] if "answer" in frame.columns else [])
-    frame = frame.select(columns)
-    if "answer" in frame.columns:
-        frame = frame.with_columns(pl.col("answer").cast(pl.String))
-    return frame
+        raise MissingFile(f"problem file not found: {p}")
+    problems = load_dataset(str(p)).problems
+    columns = {"id": [q.id for q in problems], "problem": [q.problem for q in problems]}
+    if any(q.answer is not None for q in problems):
+        columns["answer"] = [q.answer for q in problems]  # type: ignore[misc]
+    return pl.DataFrame(columns, schema={k: pl.String for k in columns})
 
 
 def shuffled(problems: pl.DataFrame, seed: int) -> pl.DataFrame:
@@ -123,7 +116,7 @@ def check_row(row: object, served_id: pl.Series, profile: str) -> pl.DataFrame:
     answer = row["answer"]
     if not answer.dtype.is_integer() or answer.null_count():
         raise GatewayError("INVALID_SUBMISSION", f"answer must be an integer, got {answer[0]!r}")
-    if not 0 <= answer[0] < ANSWER_LIMITS[profile]:
+    if not in_range(answer[0], profile):
         raise GatewayError("INVALID_SUBMISSION", f"answer {answer[0]} out of range for {profile}")
     return row.select("id", pl.col("answer").cast(pl.Int64))
 

@@ -20,6 +20,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,10 +31,11 @@ from aimo_infer.backends import create_engine
 from aimo_infer.backends.base import Engine
 from aimo_infer.config import Config, ConfigError, EngineConfig, TIRConfig
 from aimo_infer.kaggle.budget import Allotment, TimeBudget, wind_down
-from aimo_infer.kaggle.gateway import ANSWER_LIMITS
 from aimo_infer.loop_thread import LoopThread, run_in_daemon_thread
+from aimo_infer.runtime import build_controller, make_runner
 from aimo_infer.solve.controller import Controller, ProblemResult
-from aimo_infer.solve.prompts import load_profile, prepare_template
+from aimo_infer.solve.faults import raised_by_harness
+from aimo_infer.solve.ranges import ANSWER_LIMITS, in_range, to_profile
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner
 
@@ -64,12 +66,8 @@ def submission_answer(answer: object, profile: str, fallback: int) -> int:
             value = int(answer.strip())
         except ValueError:
             value = None
-    if value is None:
-        return fallback
-    limit = ANSWER_LIMITS[profile]
-    if profile == "aimo2":
-        return value % limit
-    return value if 0 <= value < limit else fallback
+    valid = None if value is None else to_profile(value, profile)
+    return fallback if valid is None else valid
 
 
 def first_value(value: object) -> object:
@@ -97,8 +95,11 @@ def answer_row(id_: object, answer: int) -> pl.DataFrame:
 
 
 def engine_failed(result: ProblemResult) -> bool:
-    """Every stream ended in an error: the engine or the sandbox is broken, not the problem."""
-    return bool(result.streams) and all(s.end == "error" for s in result.streams)
+    """Every stream ended in an error, at least one not a harness bug: the engine or the
+    sandbox is broken, not the problem (a bug in the harness is not fixed by a reload)."""
+    errors = [s for s in result.streams if s.end == "error"]
+    return bool(errors) and len(errors) == len(result.streams) and \
+        not all(s.harness_bug for s in errors)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ class CallRecord:
     started_at: float
     deadline: float | None  # the allotment's end (None when no allotment was made)
     returned_at: float
+    allotment: Allotment | None = None
+    result: ProblemResult | None = None  # what the solve produced (None when cut or failed)
 
     @property
     def overrun(self) -> bool:
@@ -162,25 +165,32 @@ class Predictor:
         num_problems: int | None = None,
         elapsed_before_s: float = 0.0,
         ping_timeout_s: float = PING_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+        row_profile: str | None = None,
     ) -> None:
+        """``clock`` times the budget, the watchdog and the solve (a dry run pauses it between
+        problems); ``row_profile`` is the answer range of the rows (default: solve.profile; a
+        dry run over free-form answers reads the raw vote from ``CallRecord.result``)."""
         sub = config.submission
-        profile = config.solve.profile
+        profile = config.solve.profile if row_profile is None else row_profile
         if profile not in ANSWER_LIMITS:
             raise ConfigError(f"solve.profile must be aimo2 or aimo3 for a submission, "
                               f"got {profile!r}")
-        if not 0 <= sub.fallback_answer < ANSWER_LIMITS[profile]:
+        if not in_range(sub.fallback_answer, profile):
             raise ConfigError(f"submission.fallback_answer {sub.fallback_answer} is not a "
                               f"valid {profile} answer")
         if sub.load not in LOAD_MODES:
             raise ConfigError(f"submission.load must be one of {LOAD_MODES}, got {sub.load!r}")
         self.config = config
         self.fallback = sub.fallback_answer
+        self.clock = clock
+        self._row_profile = profile
+        self._result: ProblemResult | None = None
         self._engine_factory = engine_factory
         self._runner_factory = runner_factory
-        self._needs_runner = bool(load_profile(config.solve.prompt).tool_format.open)
         self._own_tracer = tracer is None and sub.trace is not None
         self.tracer = SerialTraceWriter(sub.trace) if self._own_tracer else tracer  # type: ignore[arg-type]
-        self.budget = TimeBudget(config.budget, time.monotonic(), num_problems, elapsed_before_s)
+        self.budget = TimeBudget(config.budget, clock(), num_problems, elapsed_before_s)
         self.calls: list[CallRecord] = []
         self.restarts = 0
         self.ever_ready = False  # an engine was loaded and handed to a call (or eagerly)
@@ -190,7 +200,8 @@ class Predictor:
         self._ready: concurrent.futures.Future[Controller] | None = None
         self._controller: Controller | None = None  # the one the last call solved with
         self._loop_suspect = False
-        self._closed: set[int] = set()  # ids of controllers whose engine and sandbox are shut
+        # Controllers whose engine and sandbox are shut, by object: an id() is reused once freed.
+        self._closed: weakref.WeakSet[Controller] = weakref.WeakSet()
 
     # ----- life cycle -------------------------------------------------------------------------
 
@@ -221,7 +232,7 @@ class Predictor:
         if self._ready is not None and not self._ready.done():
             self._ready.cancel()  # a load still under way is abandoned
         if worker is not None:
-            for controller in {id(c): c for c in held}.values():
+            for controller in dict.fromkeys(held):
                 try:
                     worker.submit(self._close(controller)).result(timeout=timeout)
                 except BaseException as exc:
@@ -246,8 +257,9 @@ class Predictor:
         ``answer`` (sent by a gateway that has a reference file) is ignored.
         """
         with self._lock:
-            started = time.monotonic()
+            started = self.clock()
             allotment: Allotment | None = None
+            self._result = None
             try:
                 allotment = self._allot(started)
                 value, outcome, detail = self._answer(id_, problem, allotment)
@@ -276,7 +288,7 @@ class Predictor:
             cap = self.budget.time_left(started) - self.budget.reserved_s(after_this=False)
             wait = max(0.0, min(self.config.submission.load_timeout_s, cap))
             concurrent.futures.wait([ready], timeout=wait)
-        return self.budget.allot(time.monotonic())
+        return self.budget.allot(self.clock())
 
     def _answer(self, id_: object, problem: object, allotment: Allotment) -> tuple[int, str, str]:
         sub = self.config.submission
@@ -288,20 +300,23 @@ class Predictor:
         if not isinstance(text, str) or not text.strip():
             raise _Outcome("bad_input", f"problem is not text: {type(text).__name__}")
         problem_id = str(first_value(id_))
-        if allotment.seconds <= sub.return_margin_s or hard <= time.monotonic():
+        if allotment.seconds <= sub.return_margin_s or hard <= self.clock():
             raise _Outcome("no_time", "the time budget is spent")  # too little to do anything
         self._check_loop(hard)
         controller = self._wait_ready(hard)
         solving = self._submit(controller.solve(problem_id, text, solve_deadline), service=False)
         try:
-            result = solving.result(timeout=max(0.0, hard - time.monotonic()))
+            result = solving.result(timeout=max(0.0, hard - self.clock()))
         except concurrent.futures.TimeoutError:
             solving.cancel()
             self._loop_suspect = True
             self._recover(controller)
             raise _Outcome("timeout", "watchdog: no result before the deadline") from None
         except BaseException as exc:
-            self._restart(controller, f"{type(exc).__name__}: {exc}")
+            if raised_by_harness(exc):  # a bug: report it, keep the engine (a reload won't help)
+                log.error("a bug in the harness; the engine is kept", exc_info=exc)
+            else:
+                self._restart(controller, f"{type(exc).__name__}: {exc}")
             raise _Outcome("error", f"{type(exc).__name__}: {exc}") from exc
         if result.abandoned:  # streams that would not end: drain the engine or reload it
             self._recover(controller)
@@ -309,9 +324,11 @@ class Predictor:
         if failed:
             errors = sorted({s.error or "?" for s in result.streams})
             self._restart(controller, f"every stream failed: {errors[:3]}")
-        valid = submission_answer(result.answer, self.config.solve.profile, -1)
-        outcome = "answered" if valid >= 0 else "engine_error" if failed else \
-            "no_answer" if result.answer is None else "invalid_answer"
+        self._result = result
+        valid = submission_answer(result.answer, self._row_profile, -1)
+        bug = bool(result.streams) and all(s.harness_bug for s in result.streams)
+        outcome = "answered" if valid >= 0 else "engine_error" if failed else "error" if bug \
+            else "no_answer" if result.answer is None else "invalid_answer"
         detail = f"votes={[list(c) for c in result.vote.counts][:5]} stop={result.stop_reason}"
         return (valid if valid >= 0 else self.fallback), outcome, detail
 
@@ -340,7 +357,7 @@ class Predictor:
         for attempt in range(2):
             ready = self._ensure_loading()
             try:
-                self._controller = ready.result(timeout=max(0.0, hard - time.monotonic()))
+                self._controller = ready.result(timeout=max(0.0, hard - self.clock()))
                 self.ever_ready = True
                 return self._controller
             except concurrent.futures.TimeoutError:
@@ -356,15 +373,11 @@ class Predictor:
         """Build engine (unless given), sandbox and controller; blocking parts off the loop."""
         if engine is None:
             engine = await run_in_daemon_thread(self._engine_factory, self.config.engine)
-        runner: CodeRunner | None = None
         try:
-            if self._needs_runner:
-                factory = self._runner_factory or _default_runner
-                runner = await run_in_daemon_thread(factory, self.config.solve.tir)
-            await run_in_daemon_thread(prepare_template, engine.info.tokenizer_path)
-            return Controller(engine, runner, self.config, self.tracer)
+            return await build_controller(self.config, engine, self.tracer,
+                                          self._runner_factory or make_runner, self.clock)
         except BaseException:
-            await self._close_parts(engine, runner)
+            await self._close_parts(engine, None)
             raise
 
     async def _reload(self, worker: LoopThread, old: Controller) -> Controller:
@@ -391,9 +404,9 @@ class Predictor:
         return await self._load()
 
     async def _close(self, controller: Controller) -> None:
-        if id(controller) in self._closed:
+        if controller in self._closed:
             return
-        self._closed.add(id(controller))
+        self._closed.add(controller)
         await self._close_parts(controller.engine, controller.runner)
 
     async def _close_parts(self, engine: Engine | None, runner: CodeRunner | None) -> None:
@@ -428,7 +441,7 @@ class Predictor:
         """After a watchdog timeout, make sure the loop still runs; replace it when blocked."""
         if not self._loop_suspect or self._worker is None:
             return
-        timeout = max(0.0, min(self.ping_timeout_s, hard - time.monotonic()))
+        timeout = max(0.0, min(self.ping_timeout_s, hard - self.clock()))
         if self._worker.responsive(timeout):
             self._loop_suspect = False
             return
@@ -459,11 +472,12 @@ class Predictor:
                 allotment: Allotment | None) -> None:
         """Log, trace and settle the budget; never raises."""
         try:
-            now = time.monotonic()
+            now = self.clock()
             if allotment is not None:
                 self.budget.settle(allotment, max(0.0, now - started))
             record = CallRecord(len(self.calls), first_value(id_), value, outcome, detail,
-                                started, None if allotment is None else allotment.deadline, now)
+                                started, None if allotment is None else allotment.deadline, now,
+                                allotment, self._result)
             self.calls.append(record)
             level = logging.INFO if outcome == "answered" else logging.WARNING
             log.log(level, "problem %s -> %d (%s, %.1fs) %s", record.id, value, outcome,
@@ -497,8 +511,3 @@ async def _engine_idle(engine: Engine, timeout: float) -> bool:
             return False
         await asyncio.sleep(min(0.05, timeout / 20))
 
-
-def _default_runner(tir: TIRConfig) -> CodeRunner:
-    from aimo_infer.runtime import make_runner
-
-    return make_runner(tir)

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python submission.py --config configs/cpu-default.toml "
         "--csv problems.csv --streams 2 --max-tokens 64",
     )
-    add_run_options(parser)
+    add_run_options(parser, profiles=("aimo2", "aimo3"))  # a submission's answers are integers
     parser.add_argument("--csv", metavar="FILE",
                         help="problems (CSV with id,problem[,answer], or JSONL); default: the "
                         "competition's test.csv under /kaggle/input")

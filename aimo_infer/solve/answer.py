@@ -21,11 +21,12 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
+from aimo_infer.config import ConfigError
 from aimo_infer.solve.exact import exact_integer
+from aimo_infer.solve.ranges import to_profile
 
 PROFILES: tuple[str, ...] = ("aimo2", "aimo3", "free")
 
-AIMO3_MAX = 99_999
 # Integer powers are evaluated only below this many decimal digits (guards 10^{10^9}).
 MAX_POWER_DIGITS = 4_000
 # Only the last few bold spans are tried: the answer sits near the end, prose bold is common.
@@ -157,17 +158,17 @@ def _validator(profile: str) -> Callable[[str], int | str | None]:
         return _aimo3_answer
     if profile == "free":
         return _free_answer
-    raise ValueError(f"unknown answer profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+    raise ConfigError(f"unknown answer profile {profile!r}; known profiles: {', '.join(PROFILES)}")
 
 
 def _aimo2_answer(content: str) -> int | None:
     value = parse_integer(content)
-    return None if value is None else value % 1000
+    return None if value is None else to_profile(value, "aimo2")
 
 
 def _aimo3_answer(content: str) -> int | None:
     value = parse_integer(content)
-    return value if value is not None and 0 <= value <= AIMO3_MAX else None
+    return None if value is None else to_profile(value, "aimo3")
 
 
 def _free_answer(content: str) -> int | str | None:

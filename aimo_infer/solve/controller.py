@@ -18,12 +18,13 @@ from aimo_infer.backends.base import Engine, GenerationRequest, find_stop
 from aimo_infer.config import Config
 from aimo_infer.solve.answer import extract_answer, prose
 from aimo_infer.solve.cutoff import CANCEL_GRACE_S, cancel_in_background, cut_grace, end_tasks
+from aimo_infer.solve.faults import raised_by_harness
 from aimo_infer.solve.genselect import GenSelectRecord
 from aimo_infer.solve.genselect_run import maybe_genselect
 from aimo_infer.solve.harmony import HarmonyLoop, answer_text
 from aimo_infer.solve.policies import StopPolicy, parse_policy
 from aimo_infer.solve.prompts import load_profile, render_prompt
-from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
+from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus, votes
 from aimo_infer.solve.tir import (
     NO_CODE_FEEDBACK,
     CodeBlock,
@@ -40,9 +41,6 @@ from sandbox.api import CodeRunner, Session
 
 log = logging.getLogger(__name__)
 
-# Streams whose answer votes: those that ended by themselves, and those cut by a deadline
-# (their partial text is searched). Streams cancelled by a policy do not vote.
-_VOTING_ENDS = frozenset({"stop", "length", "code_limit", "deadline", "error"})
 __all__ = ["CANCEL_GRACE_S", "Controller", "ProblemResult", "stream_seed"]
 
 
@@ -87,25 +85,6 @@ class ProblemResult:
     def tokens_per_s(self) -> float:
         return self.total_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def to_record(self, with_text: bool = False) -> dict[str, object]:
-        streams = []
-        for s in self.streams:
-            rec = s.to_record()
-            if not with_text:
-                rec.pop("text")
-            streams.append(rec)
-        return {
-            "problem_id": self.problem_id,
-            "answer": self.answer,
-            "votes": [[a, c] for a, c in self.vote.counts],
-            "num_missing": self.vote.num_missing,
-            "stop_reason": self.stop_reason,
-            "elapsed_s": self.elapsed_s,
-            "total_tokens": self.total_tokens,
-            "streams": streams,
-            "genselect": None if self.genselect is None else self.genselect.to_record(),
-        }
-
 
 def stream_seed(run_seed: int, problem_id: str, index: int) -> int:
     """A stable 31-bit seed per (run, problem, stream): reruns reproduce, streams differ."""
@@ -131,7 +110,7 @@ class Controller:
         self.clock = clock
         self.profile = load_profile(config.solve.prompt)
         self.policy: StopPolicy = parse_policy(config.solve.stop_policy)
-        if self.profile.tool_format.open and runner is None:
+        if self.profile.runs_code and runner is None:
             raise ValueError(f"prompt profile {self.profile.name!r} runs code: a sandbox is needed")
         self.harmony: HarmonyLoop | None = None  # the Harmony profile's loop (solve/harmony.py)
         if self.profile.tool_format.name == "harmony":
@@ -198,7 +177,7 @@ class Controller:
                 if expired:
                     pending -= expired
                     await cut(expired, "deadline")
-                answers = [s.answer for s in finished if s.end in _VOTING_ENDS]
+                answers = [s.answer for s in finished if votes(s.end)]
                 reason = self.policy.fired(answers, cfg.num_streams)
                 if reason is not None and pending:
                     stop_reason = reason
@@ -207,7 +186,7 @@ class Controller:
         except BaseException:  # solve() itself cancelled: leave nothing running behind
             self._drop(tasks)
             raise
-        vote = majority_vote([s.answer for s in finished if s.end in _VOTING_ENDS])
+        vote = majority_vote([s.answer for s in finished if votes(s.end)])
         result = ProblemResult(problem_id, vote.answer, vote, stop_reason, streams,
                                self.clock() - started, prompt,
                                sum(1 for t in tasks if not t.done()))
@@ -320,6 +299,7 @@ class Controller:
             if stream.end is None:
                 stream.end = "error"
             stream.error = f"{type(exc).__name__}: {exc}"
+            stream.harness_bug = raised_by_harness(exc)
         finally:
             if not live.frozen:
                 self._finish(problem_id, stream)
@@ -339,8 +319,6 @@ class Controller:
         text = "".join(live.pieces)
         if live.cut is not None:
             text = text[: live.cut - live.start]
-        if stream.first_token_at is None and live.tokens:
-            stream.first_token_at = self.clock()
         stream.tokens += live.tokens
         stream.text += text
         self._trace("segment", problem_id=problem_id, stream=stream.index, seed=stream.seed,

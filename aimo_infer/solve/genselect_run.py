@@ -31,6 +31,7 @@ from aimo_infer.solve.genselect import (
     trigger,
 )
 from aimo_infer.solve.prompts import render_prompt
+from aimo_infer.solve.stream import votes
 
 if TYPE_CHECKING:
     from aimo_infer.solve.controller import ProblemResult
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 CANCEL_GRACE_S = 5.0  # an engine that ignores cancel is closed from our side after this
 PROMPT_RESERVE_TOKENS = 512  # the instructions and the problem, beside the summaries
-# Stream ends whose answer votes (as in the controller).
-_VOTING_ENDS = frozenset({"stop", "length", "code_limit", "deadline", "error"})
 
 Trace = Callable[..., None]
 
@@ -106,7 +105,7 @@ async def _genselect(engine: Engine, config: Config, result: ProblemResult, prob
     gs, run_seed = config.genselect, config.solve.run_seed
     pid = result.problem_id
     solutions = [Solution(s.index, s.answer, s.text, s.tokens) for s in result.streams
-                 if s.end in _VOTING_ENDS and s.answer is not None]
+                 if votes(s.end) and s.answer is not None]
     shuffle_seed = derived_seed(run_seed, pid, "genselect-shuffle")
     info = engine.info
     per_answer = Counter(s.answer for s in solutions)

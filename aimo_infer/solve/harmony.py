@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aimo_infer.backends.base import EngineUnavailable, GenerationRequest
-from aimo_infer.config import HarmonyConfig
+from aimo_infer.config import ConfigError, HarmonyConfig
 from aimo_infer.solve.notebook import notebook_cell
 from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
 from aimo_infer.solve.tir import code_limit_reached, execution_feedback
@@ -62,7 +62,7 @@ class HarmonyRenderer:
     def __init__(self, settings: HarmonyConfig, user_template: str,
                  encoding: HarmonyEncoding | None = None) -> None:
         if settings.reasoning_effort not in REASONING_EFFORTS:
-            raise ValueError(f"solve.harmony.reasoning_effort must be one of "
+            raise ConfigError(f"solve.harmony.reasoning_effort must be one of "
                              f"{list(REASONING_EFFORTS)}, got {settings.reasoning_effort!r}")
         self.settings = settings
         self.user_template = user_template
@@ -289,8 +289,6 @@ class HarmonyLoop:
             if delta.finish_reason is not None:
                 segment.finish, segment.error = delta.finish_reason, delta.error
         stream.text += detok.flush()
-        if stream.first_token_at is None and segment.tokens:
-            stream.first_token_at = self.controller.clock()
         stream.tokens += segment.tokens
         if segment.stop_token is not None and segment.finish == "cancelled" \
                 and stream.end is None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from aimo_infer.config import ConfigError
 from aimo_infer.solve.vote import Answer
 
 
@@ -88,18 +89,18 @@ def parse_policy(spec: str) -> AnyOf:
         m = _RULE.match(part)
         if m is None:
             presets = ", ".join(PRESETS)
-            raise ValueError(
+            raise ConfigError(
                 f"bad stop policy {part!r}: use a preset ({presets}) or rules like "
                 "'agree=4of5,quorum=10'"
             )
         if m.group(1):
             k, within = int(m.group(2)), int(m.group(3)) if m.group(3) else None
             if k < 1 or (within is not None and within < k):
-                raise ValueError(f"bad stop policy {part!r}: need 1 <= k <= window")
+                raise ConfigError(f"bad stop policy {part!r}: need 1 <= k <= window")
             rules.append(Agreement(k, within))
         else:
             q = int(m.group(5))
             if q < 1:
-                raise ValueError(f"bad stop policy {part!r}: quorum must be >= 1")
+                raise ConfigError(f"bad stop policy {part!r}: quorum must be >= 1")
             rules.append(Quorum(q))
     return AnyOf(tuple(rules))

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 
+from aimo_infer.config import ConfigError
 from aimo_infer.solve.tir import TOOL_FORMATS, ToolFormat
 
 # gpt-oss's Harmony tool calls (``<|call|>`` to python), parsed by token in solve/harmony.py;
@@ -30,6 +31,11 @@ class PromptProfile:
     user: str
     tool_format: ToolFormat
 
+    @property
+    def runs_code(self) -> bool:
+        """Whether the model is asked to write code blocks (a sandbox runs them)."""
+        return bool(self.tool_format.open)
+
     def messages(self, problem: str, max_code_calls: int) -> list[dict[str, str]]:
         """Chat messages for one problem."""
         user = self.user.format(problem=problem, max_code_calls=max_code_calls)
@@ -51,11 +57,11 @@ def load_profile(name: str) -> PromptProfile:
     """Load a bundled profile by name; an unknown name lists the known ones."""
     path = resources.files("aimo_infer.solve.prompt_profiles").joinpath(f"{name}.toml")
     if not path.is_file():
-        raise ValueError(f"unknown prompt profile {name!r}; known: {', '.join(available_profiles())}")
+        raise ConfigError(f"unknown prompt profile {name!r}; known: {', '.join(available_profiles())}")
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     fmt = data.get("tool_format", "none")
     if fmt not in _FORMATS:
-        raise ValueError(f"prompt profile {name!r}: unknown tool_format {fmt!r}")
+        raise ConfigError(f"prompt profile {name!r}: unknown tool_format {fmt!r}")
     return PromptProfile(name, data.get("description", ""), data.get("system", ""),
                          data["user"], _FORMATS[fmt])
 

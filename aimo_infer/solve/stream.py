@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 from aimo_infer.solve.vote import Answer
@@ -11,6 +11,24 @@ from aimo_infer.solve.vote import Answer
 StreamEnd = Literal["stop", "length", "cancelled", "deadline", "code_limit", "error"]
 """stop: the model ended; length: token limit; cancelled: an early-stop policy fired; deadline:
 the problem or stream deadline cut it; code_limit: a code block past the limit; error: engine."""
+
+# Streams whose answer votes: those that ended by themselves, and those cut by a deadline
+# (their partial text is searched). Streams cancelled by a policy do not vote.
+VOTING_ENDS: frozenset[str] = frozenset({"stop", "length", "code_limit", "deadline", "error"})
+
+# A problem's stop reasons other than an early-stop policy's own (which names the policy).
+ALL_FINISHED = "all finished"
+DEADLINE = "deadline"
+
+
+def votes(end: str | None) -> bool:
+    """Whether a stream that ended with ``end`` votes."""
+    return end in VOTING_ENDS
+
+
+def stopped_early(stop_reason: str) -> bool:
+    """Whether a problem's streams were stopped by a policy while some still ran."""
+    return stop_reason not in (ALL_FINISHED, DEADLINE)
 
 
 class StreamStatus(enum.Enum):
@@ -45,10 +63,10 @@ class Stream:
     hidden: list[tuple[int, int]] = field(default_factory=list)  # code and output spans of text
     end: StreamEnd | None = None
     error: str | None = None
+    harness_bug: bool = False  # the error was raised by the harness's own code (solve.faults)
     answer: Answer | None = None
     started_at: float = 0.0
     finished_at: float | None = None
-    first_token_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -61,10 +79,3 @@ class Stream:
     @property
     def elapsed_s(self) -> float | None:
         return None if self.finished_at is None else self.finished_at - self.started_at
-
-    def to_record(self) -> dict[str, object]:
-        """A JSON-ready summary (the full text included) for traces and reports."""
-        record = asdict(self)
-        record["status"] = self.status.value
-        record["elapsed_s"] = self.elapsed_s
-        return record

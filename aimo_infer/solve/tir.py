@@ -114,10 +114,6 @@ class CodeBlockWatcher:
         self._triggers = fmt.trigger_chars
         self._scan_from = scan_from
 
-    def reset(self, scan_from: int) -> None:
-        """Start looking again after ``scan_from`` (after a block has been handled)."""
-        self._scan_from = scan_from
-
     def check(self, text: str, delta: str) -> CodeBlock | None:
         """Call after appending ``delta`` to ``text``; returns a block once it is closed."""
         if not self._fmt.open:

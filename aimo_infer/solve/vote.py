@@ -23,16 +23,16 @@ class VoteResult:
     num_votes: int  # streams that produced an answer
     num_missing: int  # streams that finished without one
 
-    @property
-    def top_count(self) -> int:
-        return self.counts[0][1] if self.counts else 0
-
     def split(self) -> str:
-        """Human-readable vote split, e.g. ``"73 x5, 12 x2, none x1"``."""
-        parts = [f"{a} x{c}" for a, c in self.counts]
-        if self.num_missing:
-            parts.append(f"none x{self.num_missing}")
-        return ", ".join(parts) or "no votes"
+        return vote_split(self.counts, self.num_missing)
+
+
+def vote_split(counts: Sequence[tuple[Answer, int]], num_missing: int) -> str:
+    """Human-readable vote split, e.g. ``"73 x5, 12 x2, none x1"``."""
+    parts = [f"{a} x{c}" for a, c in counts]
+    if num_missing:
+        parts.append(f"none x{num_missing}")
+    return ", ".join(parts) or "no votes"
 
 
 def majority_vote(answers: Sequence[Answer | None]) -> VoteResult:
