@@ -162,7 +162,7 @@ class Holder:
         except OSError:  # threads hold every process slot: give the state up instead
             status, shed = "crashed", False
             self._report("[sandbox] the cell left threads that could not be stopped\n")
-        code_text = "null" if exit_code is None else f"{exit_code:d}"
+        code_text = "null" if exit_code is None else _int_text(exit_code)
         self.send(f'{{"op":"result","status":"{status}","exit_code":{code_text},'
                   f'"shed":{"true" if shed else "false"}}}')
         self.after_send()
@@ -269,6 +269,15 @@ class Holder:
                 return
             if watch.poll(0):
                 _exit(0)
+
+
+def _int_text(value: int) -> str:
+    """Decimal text of an exit code through ``int``'s own methods: a cell's int subclass
+    cannot format itself into the result (its ``__format__`` could write any JSON)."""
+    value = int.__int__(value) if isinstance(value, int) else 1
+    if not -(2**31) <= value < 2**31:
+        value = 1
+    return int.__repr__(value)
 
 
 def main(channel_fd: int, output_fd: int, output_cap: int,

@@ -17,14 +17,16 @@ import selectors
 import shutil
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import time
+import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sandbox import confine, outbuf, sweep
+from sandbox import channel, confine, holder, outbuf, sweep
+from sandbox.channel import BadMessage, Boot, CellResult, Ready, SnapshotTaken
 from sandbox.config import SandboxConfig
 from sandbox.procs import Proc, Timers, cpu_seconds
 from sandbox.protocol import FrameReader, ProtocolError, encode
@@ -34,10 +36,10 @@ BOOT_FAILED = 121
 MAX_CODE_BYTES = 1024 * 1024
 PROMOTE_TIMEOUT_S = 10.0
 BOOT_TIMEOUT_S = 30.0
-_CREDS = struct.Struct("3i")
 _ROLLBACK = {"timeout", "memory", "crashed", "exited"}
 _SANDBOX_STATUSES = {"ok", "error", "exited", "memory", "crashed"}
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1  # a holder dies with the manager, even in the middle of a cell
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Cell:
     code: str = ""
     replay: bool = False  # re-running a logged cell after a rollback: nobody awaits its result
     kill_reason: str | None = None
+    fault: str = ""  # why the manager stopped the cell (a protocol breach)
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Session:
     holder: Proc | None = None
     snapshot: Proc | None = None
     promoting: Proc | None = None
-    phase: str = "booting"  # booting, idle, running, promoting, closed
+    phase: str = "booting"  # booting, idle, running, stopping, promoting, rebooting, closed
     cell: Cell | None = None
     queue: deque[dict[str, object]] = field(default_factory=deque)
     open_request: object = None
@@ -77,6 +80,9 @@ class Session:
     replaying: deque[str] = field(default_factory=deque)
     note: str = ""  # told to the caller with the next result
     cells_started: int = 0
+    messages: int = 0  # datagrams received since the current cell (or holder) started
+    muted: bool = False  # a breach was seen: ignore the channel until a new holder speaks
+    forget: bool = False  # the next rollback replays no logged cell (one of them is hostile)
 
 
 class Manager:
@@ -94,6 +100,10 @@ class Manager:
         self.reader = FrameReader()
         self.next_sid = itertools.count(1)
         self.stopping = False
+        self.pid_limit = sweep.pid_max()
+        import ctypes
+
+        self.libc = ctypes.CDLL(None)
         self.root = os.geteuid() == 0
         self.separate_uid = self.root and config.separate_uid
         os.makedirs(config.scratch_root, mode=0o711, exist_ok=True)
@@ -107,14 +117,39 @@ class Manager:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._on_term)
-        self.selector.register(wake_r, selectors.EVENT_READ, lambda: self._on_wake(wake_r))
-        self.selector.register(0, selectors.EVENT_READ, self._on_stdin)
-        self._send_pool({"op": "hello", "pid": os.getpid(), "root": self.root})
+        self.selector.register(wake_r, selectors.EVENT_READ,
+                               (lambda: self._on_wake(wake_r), None))
+        self.selector.register(0, selectors.EVENT_READ, (self._on_stdin, None))
+        self._send_pool({"op": "hello", "pid": os.getpid(), "root": self.root,
+                         "lock_dir": self.lock_dir if self.separate_uid else None})
         while not self.stopping:
             for key, _mask in self.selector.select(self.timers.timeout()):
-                key.data()
-            self.timers.run_due()
+                callback, session = key.data
+                self._guarded(callback, session)
+            self.timers.run_due(self._guarded)
         self.shutdown()
+
+    def _guarded(self, callback: Callable[[], None], session: Session | None) -> None:
+        """Run one event handler; a failure ends the session it concerns, never the loop."""
+        try:
+            callback()
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            if session is not None and session.phase != "closed":
+                with contextlib.suppress(Exception):
+                    self._abandon(session, "the sandbox lost track of this session")
+
+    def _abandon(self, session: Session, why: str) -> None:
+        """Close a session the manager can no longer run; its waiting callers get ``why``."""
+        waiting = [session.cell.request_id] if session.cell and not session.cell.replay else []
+        waiting += [pending.get("id") for pending in session.queue]
+        if session.phase == "booting":
+            waiting.append(session.open_request)
+        session.cell = None
+        session.queue.clear()
+        self._close_session(session)
+        for request_id in waiting:
+            self._reply(request_id, ok=False, error=why)
 
     def _on_term(self, *_: object) -> None:
         self.stopping = True
@@ -185,6 +220,9 @@ class Manager:
                 raise ValueError(f"unknown op {op!r}")
         except (ValueError, OSError) as exc:
             self._reply(request_id, ok=False, error=str(exc))
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            self._reply(request_id, ok=False, error=f"sandbox manager error: {exc!r}")
 
     def _session(self, message: dict[str, object]) -> Session:
         sid = message.get("session")
@@ -234,11 +272,14 @@ class Manager:
         session.holder = Proc.open(pid)
         self.sessions[sid] = session
         self.by_holder[pid] = session
-        self.selector.register(mine, selectors.EVENT_READ, lambda: self._on_channel(session))
-        self.timers.at(time.monotonic() + BOOT_TIMEOUT_S, lambda: self._boot_timeout(session))
+        self.selector.register(mine, selectors.EVENT_READ,
+                               (lambda: self._on_channel(session), session))
+        self.timers.at(time.monotonic() + BOOT_TIMEOUT_S, lambda: self._boot_timeout(session),
+                       session)
 
     def _fork_holder(self, scratch: str, uid: int | None, chan_fd: int, out_fd: int) -> int:
         plan = confine.Plan(scratch, uid, self.config, (chan_fd, out_fd))
+        manager_pid = os.getpid()
         pid = os.fork()
         if pid:
             return pid
@@ -246,9 +287,10 @@ class Manager:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
+            self.libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != manager_pid:  # the manager died while forking
+                os._exit(BOOT_FAILED)
             report = confine.apply(plan)
-            from sandbox import holder
-
             holder.main(chan_fd, out_fd, self.config.max_output_bytes, report)
         finally:
             os._exit(BOOT_FAILED)
@@ -306,63 +348,92 @@ class Manager:
 
     # ----- messages from sandboxed processes
     def _on_channel(self, session: Session) -> None:
-        while session.phase != "closed":
+        """Read at most a burst of datagrams: a flooding cell must not starve other sessions."""
+        for _ in range(channel.MAX_MESSAGES_PER_WAKEUP):
+            if session.phase == "closed":
+                return
             try:
-                data, ancdata, _flags, _addr = session.chan.recvmsg(
-                    65536, socket.CMSG_SPACE(_CREDS.size), socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
+                data, ancdata, flags, _addr = session.chan.recvmsg(
+                    channel.MAX_MESSAGE_BYTES + 1, channel.ANCILLARY_SPACE, socket.MSG_DONTWAIT)
+            except OSError:  # BlockingIOError included: nothing more to read now
                 return
-            except OSError:
+            sender = channel.sender_pid(ancdata)
+            if not data and sender is None:  # end of stream: no sandboxed end is open any more
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(session.chan)
                 return
-            if not data:
-                return
-            sender = self._sender(ancdata)
-            try:
-                message = json.loads(data)
-            except (ValueError, UnicodeDecodeError):
+            if session.muted:
                 continue
-            if isinstance(message, dict) and sender is not None:
+            session.messages += 1
+            try:
+                if session.messages > channel.MAX_MESSAGES_PER_CELL:
+                    raise BadMessage("a flood of messages")
+                if flags & socket.MSG_TRUNC:
+                    raise BadMessage(f"a message over {channel.MAX_MESSAGE_BYTES} bytes")
+                message = channel.parse(data, self.pid_limit)
+            except BadMessage as exc:
+                self._fault(session, f"sent the sandbox manager {exc}")
+                return
+            if sender is not None:
                 self._on_sandbox_message(session, sender, message)
 
-    @staticmethod
-    def _sender(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                return _CREDS.unpack(payload[:_CREDS.size])[0]
-        return None
+    def _fault(self, session: Session, why: str) -> None:
+        """A sandboxed process broke the channel protocol: stop its holder and roll back."""
+        print(f"sandbox manager: session {session.sid}: {why}", file=sys.stderr)
+        note = f"\n[sandbox] the cell {why}; it was stopped and the state rolled back\n"
+        session.muted = True
+        session.forget = True  # a cell since the snapshot broke the protocol: replay none
+        if session.phase == "booting":
+            self._abandon(session, f"the sandbox holder {why}")
+            return
+        cell = session.cell
+        if cell is not None and session.holder is not None:
+            cell.kill_reason = "protocol"
+            cell.fault = note
+        else:
+            session.note += note.lstrip("\n")
+            if session.phase == "idle":  # no cell may start on the holder being stopped
+                session.phase = "stopping"
+        for proc in (session.holder, session.promoting):
+            if proc is not None:
+                proc.kill()
 
     def _on_sandbox_message(self, session: Session, sender: int,
-                            message: dict[str, object]) -> None:
-        op = message.get("op")
+                            message: channel.Message) -> None:
         holder = session.holder
-        if op == "boot" and session.phase in ("booting", "rebooting") and holder \
+        if isinstance(message, Boot) and session.phase in ("booting", "rebooting") and holder \
                 and sender == holder.pid:
-            report = message.get("report")
-            session.report = report if isinstance(report, dict) else {}
+            session.report = message.report
             if session.phase == "booting":
                 self._reply(session.open_request, ok=True, session=session.sid,
-                            report=session.report)
+                            report=session.report, uid=session.uid, pgid=session.pgid)
             session.phase = "idle"
+            session.messages = 0
             session.log.clear()
             self._request_snapshot(session)
             self._next_cell(session)
-        elif op == "snapshot" and holder and sender == holder.pid \
+        elif isinstance(message, SnapshotTaken) and holder and sender == holder.pid \
                 and session.snapshot_covers is not None:
-            self._register_snapshot(session, message.get("pid"))
-        elif op == "result" and session.cell is not None and holder is not None:
-            if sender != holder.pid and not (message.get("shed") is True
-                                             and session.owner(sender)):
+            self._register_snapshot(session, message.pid)
+        elif isinstance(message, CellResult) and session.cell is not None \
+                and holder is not None:
+            if sender != holder.pid and not (message.shed and session.owner(sender)):
                 return
             if sender != holder.pid:  # the holder forked away stray threads: adopt the copy
                 self._replace_holder(session, Proc.open(sender))
-            status = message.get("status")
-            status = status if status in _SANDBOX_STATUSES else "crashed"
-            note = "[sandbox] background threads were stopped\n" if message.get("shed") else ""
-            self._cell_returned(session, str(status), note)
-        elif op == "ready" and session.promoting and sender == session.promoting.pid:
+            note = "[sandbox] background threads were stopped\n" if message.shed else ""
+            self._cell_returned(session, message.status, note)
+        elif isinstance(message, Ready) and session.promoting \
+                and sender == session.promoting.pid:
             self._replace_holder(session, session.promoting)
             session.promoting = None
             session.phase = "idle"
+            session.messages = 0
+            if session.forget and session.log:
+                session.note += (f"[sandbox] the effects of the last {len(session.log)} "
+                                 "cell(s) before this one were lost in the rollback\n")
+                session.log.clear()
+            session.forget = False
             session.replaying = deque(code for code, _cpu in session.log)
             session.log.clear()
             self._continue_replay(session)
@@ -377,9 +448,9 @@ class Manager:
         if proc.pid in self.exits:  # it died before we adopted it
             self._on_holder_exit(session, proc.pid)
 
-    def _register_snapshot(self, session: Session, pid: object) -> None:
+    def _register_snapshot(self, session: Session, pid: int) -> None:
         covers, session.snapshot_covers = session.snapshot_covers, None
-        if not isinstance(pid, int) or pid <= 1 or session.holder is None:
+        if pid <= 1 or session.holder is None:
             return
         try:
             proc = Proc.open(pid)
@@ -413,7 +484,7 @@ class Manager:
             if session.phase == "idle" and session.log and len(session.log) == logged:
                 self._request_snapshot(session)
 
-        self.timers.at(time.monotonic() + self.config.snapshot_idle_ms / 1000, fire)
+        self.timers.at(time.monotonic() + self.config.snapshot_idle_ms / 1000, fire, session)
 
     def _snapshot_due(self, session: Session) -> bool:
         """Whether replaying the cells since the snapshot would cost too much."""
@@ -469,12 +540,13 @@ class Manager:
                     replay)
         session.cell = cell
         session.cells_started += 1
+        session.messages = 0
         session.phase = "running"
         if not self._send_session(session, b"R" + code.encode("utf-8", "surrogatepass")):
             self._kill_cell(session, cell, "crashed")
             return
-        self.timers.at(now + cpu_limit, lambda: self._check_cpu(session, cell))
-        self.timers.at(now + wall_limit, lambda: self._kill_cell(session, cell, "wall"))
+        self.timers.at(now + cpu_limit, lambda: self._check_cpu(session, cell), session)
+        self.timers.at(now + wall_limit, lambda: self._kill_cell(session, cell, "wall"), session)
 
     def _check_cpu(self, session: Session, cell: Cell) -> None:
         if session.cell is not cell or session.holder is None:
@@ -487,7 +559,7 @@ class Manager:
             self._kill_cell(session, cell, "cpu")
         else:
             self.timers.at(time.monotonic() + cell.cpu_limit - used + 0.002,
-                           lambda: self._check_cpu(session, cell))
+                           lambda: self._check_cpu(session, cell), session)
 
     def _kill_cell(self, session: Session, cell: Cell, reason: str) -> None:
         if session.cell is not cell or session.holder is None:
@@ -519,7 +591,7 @@ class Manager:
         holder_pid, started = session.holder.pid, session.cells_started
         self.timers.at(time.monotonic() + self.config.wall_time_s,
                        lambda: self._watch_idle(session, holder_pid, started,
-                                                cell.cpu_start + cpu))
+                                                cell.cpu_start + cpu), session)
         self._finish_cell(session, status, note)
         session.phase = "idle"
         if cell.replay:
@@ -541,6 +613,8 @@ class Manager:
         if used > self.config.cpu_time_s:
             session.note += "[sandbox] the previous cell kept running after it returned; " \
                             "state rolled back\n"
+            session.phase = "stopping"
+            session.forget = True
             holder.kill()
 
     def _replay_failed(self, session: Session) -> None:
@@ -584,6 +658,8 @@ class Manager:
                 status_word) in (signal.SIGKILL, signal.SIGXCPU) and cpu_used >= cell.cpu_limit):
             return "timeout", (f"\n[sandbox] TimeoutError: the cell used more than its "
                                f"{cell.cpu_limit:g} s CPU limit; state rolled back\n")
+        if cell.kill_reason == "protocol":
+            return "crashed", cell.fault
         if cell.kill_reason == "wall":
             return "timeout", (f"\n[sandbox] TimeoutError: the cell ran past its "
                                f"{cell.wall_limit:g} s wall-clock limit; state rolled back\n")
@@ -641,11 +717,13 @@ class Manager:
             self._respawn(session)
             return
         session.phase = "promoting"
+        session.muted = False
+        session.messages = 0
         session.promoting = snapshot
         self.by_holder[snapshot.pid] = session
         snapshot.kill(signal.SIGUSR1)
         self.timers.at(time.monotonic() + PROMOTE_TIMEOUT_S,
-                       lambda: self._promote_timeout(session, snapshot))
+                       lambda: self._promote_timeout(session, snapshot), session)
 
     def _promote_timeout(self, session: Session, snapshot: Proc) -> None:
         if session.promoting is snapshot:
@@ -666,13 +744,17 @@ class Manager:
             self.selector.unregister(session.chan)
         session.chan.close()
         session.chan = mine
-        self.selector.register(mine, selectors.EVENT_READ, lambda: self._on_channel(session))
+        self.selector.register(mine, selectors.EVENT_READ,
+                               (lambda: self._on_channel(session), session))
+        session.muted = False
+        session.messages = 0
         if session.uid is None:
             session.owner = sweep.pgid_owner(pid)
         session.holder = Proc.open(pid)
         self.by_holder[pid] = session
         session.snapshot_covers = None
         session.log.clear()
+        session.forget = False
         session.phase = "rebooting"
         session.open_request = None
 

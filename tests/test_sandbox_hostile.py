@@ -8,6 +8,8 @@ process and no file behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from sandbox import ExecResult, SandboxConfig, SandboxPool
+from sandbox import ExecResult, SandboxConfig, SandboxError, SandboxPool
 from tests.fakes import processes_of_uids
 
 SECRET = "hostile-corpus-secret-4f1c"
@@ -392,3 +394,156 @@ def test_corpus_left_nothing_behind(env: Env) -> None:
     leftovers = [name for name in os.listdir(CONFIG.scratch_root)
                  if name.startswith(f"s{manager}-")]
     assert leftovers == []
+
+
+# ----- round two: the plumbing (each attack through the sessions the solve loop uses)
+ROUND_TWO = SandboxConfig(cpu_time_s=1.0, wall_time_s=4.0, memory_mb=512, max_output_bytes=4000,
+                          uid_base=UID_BASE + 400, uid_count=100)
+IMPORTS = "import statistics, csv, hashlib\nprint('alive')"
+CHANNEL = """
+import os, select, socket
+def _channel():
+    for name in os.listdir('/proc/self/fd'):
+        try:
+            if os.readlink('/proc/self/fd/' + name).startswith('socket:'):
+                return socket.socket(fileno=int(name))
+        except OSError:
+            pass
+    raise RuntimeError('no channel found')
+chan = _channel()
+def wait_for_manager(seconds=5.0):
+    if select.select([chan], [], [], seconds)[0]:
+        return chan.recv(16)
+"""
+FORGED_RESULT = "chan.send(b'{\"op\":\"result\",\"status\":\"ok\",\"exit_code\":null,\"shed\":false}')\n"
+
+
+def sysv_ipc_of_uids(first: int, count: int) -> list[str]:
+    """SysV shared memory, queues and semaphores owned or created by the sandbox uids."""
+    found = []
+    for kind in ("shm", "msg", "sem"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as handle:
+                header, *rows = [line.split() for line in handle]
+        except OSError:
+            continue
+        columns = [header.index(name) for name in ("uid", "cuid")]
+        found += [f"{kind} {row[1]}" for row in rows
+                  if any(first <= int(row[col]) < first + count for col in columns)]
+    return found
+
+
+@dataclass
+class Contained:
+    attack: list[ExecResult]
+    concurrent: ExecResult
+    later: ExecResult
+    managers: tuple[int | None, int | None]
+
+
+def contain(cells: tuple[str, ...], config: SandboxConfig = ROUND_TWO,
+            during: Callable[[SandboxPool], None] | None = None) -> Contained:
+    """Run ``cells`` in one session while another session runs a cell, then open a later
+    session; close the pool and check it left no process, scratch file or SysV object."""
+    pool = SandboxPool(config)
+
+    async def go() -> Contained:
+        await pool.start()
+        before = pool.manager_pid
+        victim = await pool.open_session()
+        attacker = await pool.open_session()
+
+        async def attack() -> list[ExecResult]:
+            results = []
+            for cell in cells:
+                results.append(await attacker.run(cell))
+            return results
+
+        task = asyncio.create_task(attack())
+        concurrent = await victim.run(IMPORTS)
+        if during is not None:
+            await asyncio.to_thread(during, pool)
+        attack_results = await task
+        later_session = await pool.open_session()
+        later = await later_session.run(IMPORTS)
+        after = pool.manager_pid
+        for session in (victim, attacker, later_session):
+            with contextlib.suppress(SandboxError):
+                await session.close()
+        await pool.close()
+        return Contained(attack_results, concurrent, later, (before, after))
+
+    try:
+        outcome = asyncio.run(go())
+    finally:
+        pool.close_sync()
+    managers = {pid for pid in outcome.managers if pid is not None}
+    assert not [pid for pid in managers if alive(pid)], "a manager outlived close()"
+    if os.geteuid() == 0:
+        assert processes_of_uids(config.uid_base, config.uid_count) == []
+        assert sysv_ipc_of_uids(config.uid_base, config.uid_count) == []
+    assert [name for name in os.listdir(config.scratch_root)
+            if any(name.startswith(f"s{pid}-") for pid in managers)] == []
+    still_works(outcome.later)
+    return outcome
+
+
+def test_deeply_nested_message_ends_the_cell_not_the_manager() -> None:
+    out = contain((CHANNEL + "chan.send(b'[' * 60000)\nwait_for_manager()", IMPORTS))
+    assert out.managers[0] == out.managers[1]
+    assert out.attack[0].status == "crashed"
+    assert "sent the sandbox manager" in out.attack[0].stderr
+    still_works(out.concurrent)
+    still_works(out.attack[1])
+
+
+def test_result_with_a_list_status_ends_the_cell_not_the_manager() -> None:
+    out = contain((CHANNEL + "chan.send(b'{\"op\":\"result\",\"status\":[]}')\nwait_for_manager()",
+                   IMPORTS))
+    assert out.managers[0] == out.managers[1]
+    assert out.attack[0].status == "crashed", out.attack[0]
+    still_works(out.concurrent)
+    still_works(out.attack[1])
+
+
+def test_snapshot_pid_out_of_range_rolls_the_session_back() -> None:
+    """A forged result makes the manager ask for a snapshot; the cell answers with pid 2**70."""
+    cell = (CHANNEL + "x = 2\n" + FORGED_RESULT + "wait_for_manager()\n"
+            "chan.send(('{\"op\":\"snapshot\",\"pid\":%d}' % 2**70).encode())\n"
+            "wait_for_manager()")
+    no_replay = dataclasses.replace(ROUND_TWO, max_replay_cells=0)  # a snapshot before each cell
+    out = contain(("x = 1", cell, "print(x)", "print(x)", IMPORTS), no_replay)
+    assert out.managers[0] == out.managers[1]
+    # The next cell either was the message the attack waited for (then it is the one stopped)
+    # or runs after the rollback; the one after it sees the state of before the attack.
+    assert "sent the sandbox manager a snapshot" in out.attack[2].stderr + out.attack[3].stderr
+    assert out.attack[3].stdout == "1\n", out.attack[3]
+    still_works(out.concurrent)
+    still_works(out.attack[4])
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b'{"op":"ready"}', "a flood of messages"),  # well-formed, ignored: only the count stops it
+    (b"x", "not JSON"),
+    (b"", "an empty message"),
+], ids=["valid messages", "1-byte", "empty"])
+def test_channel_flood_is_cut_off(payload: bytes, reason: str) -> None:
+    cell = CHANNEL + f"while True:\n    chan.send({payload!r})"
+    out = contain((cell, IMPORTS))
+    assert out.managers[0] == out.managers[1]
+    assert out.attack[0].status == "crashed", out.attack[0]
+    assert reason in out.attack[0].stderr
+    still_works(out.concurrent)
+    still_works(out.attack[1])
+
+
+def test_exit_code_cannot_format_itself_into_the_result() -> None:
+    cell = ("class Code(int):\n"
+            "    def __format__(self, spec):\n"
+            "        return '0,\"status\":\"ok\"'\n"
+            "    __repr__ = __str__ = __format__\n"
+            "raise SystemExit(Code(3))")
+    out = contain((cell, IMPORTS))
+    assert out.attack[0].status == "exited", out.attack[0]
+    assert "exited with code 3" in out.attack[0].stderr or "sys.exit" in out.attack[0].stderr
+    still_works(out.attack[1])
