@@ -547,3 +547,55 @@ def test_exit_code_cannot_format_itself_into_the_result() -> None:
     assert out.attack[0].status == "exited", out.attack[0]
     assert "exited with code 3" in out.attack[0].stderr or "sys.exit" in out.attack[0].stderr
     still_works(out.attack[1])
+
+
+def test_pool_restarts_a_dead_manager(caplog: pytest.LogCaptureFixture) -> None:
+    """The manager is killed while a cell (and a child it forked) spins: that session fails,
+    the next one runs on a new manager, and nothing of the dead one is left."""
+    pool = SandboxPool(ROUND_TWO)
+    spin = ("import os\nchild = os.fork()\nif child == 0:\n    while True: pass\n"
+            "open('started', 'w').write(f'{os.getpid()} {child}')\nwhile True: pass")
+    seen: dict[str, object] = {}
+
+    async def go() -> ExecResult:
+        await pool.start()
+        first = seen["manager"] = pool.manager_pid
+        assert first is not None
+        old = await pool.open_session()
+        await old.run("x = 1")
+        busy = asyncio.create_task(old.run(spin, timeout=60))
+        scratch = [os.path.join(ROUND_TWO.scratch_root, name)
+                   for name in os.listdir(ROUND_TWO.scratch_root)
+                   if name.startswith(f"s{first}-")]
+        marker = os.path.join(scratch[0], "started")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not os.path.exists(marker) and loop.time() < deadline:
+            await asyncio.sleep(0.02)  # waiting for a condition, not for a duration
+        with open(marker) as handle:
+            seen["pids"] = [int(word) for word in handle.read().split()]
+        os.kill(first, 9)
+        with pytest.raises(SandboxError, match="exited"):
+            await busy
+        later = await pool.open_session()
+        seen["left"] = [path for path in scratch if os.path.exists(path)]
+        seen["second"] = pool.manager_pid
+        result = await later.run(IMPORTS)
+        with pytest.raises(SandboxError, match="restarted"):
+            await old.run("print(x)")
+        await later.close()
+        return result
+
+    caplog.set_level("WARNING", logger="sandbox")
+    try:
+        still_works(asyncio.run(go()))
+    finally:
+        pool.close_sync()
+    pids = seen["pids"]
+    assert isinstance(pids, list) and len(pids) == 2
+    assert not [pid for pid in pids if alive(pid)], "the dead manager's cell kept running"
+    assert seen["left"] == []
+    assert seen["second"] != seen["manager"]
+    assert any("restarting it" in record.getMessage() for record in caplog.records)
+    if os.geteuid() == 0:
+        assert processes_of_uids(ROUND_TWO.uid_base, ROUND_TWO.uid_count) == []
