@@ -148,4 +148,5 @@ def _apply_seccomp(plan: Plan) -> str:
         seccomp.install()
     except OSError as exc:
         return f"off ({exc.strerror or exc})"
-    return "on (no exec, no internet sockets, no setsid/setpgid, no kill, no ptrace, no namespaces)"
+    return ("on (no exec, no internet sockets, no setsid/setpgid, no kill, no ptrace, "
+            "no namespaces, no SysV IPC or message queues, no memfd, no fallocate)")

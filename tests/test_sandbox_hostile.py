@@ -599,3 +599,64 @@ def test_pool_restarts_a_dead_manager(caplog: pytest.LogCaptureFixture) -> None:
     assert any("restarting it" in record.getMessage() for record in caplog.records)
     if os.geteuid() == 0:
         assert processes_of_uids(ROUND_TWO.uid_base, ROUND_TWO.uid_count) == []
+
+
+# ----- isolation gaps, reads, doctor
+ISOLATION_CASES = {
+    "SysV shared memory": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                          "shm = libc.shmget(0, 64 << 20, 0o1666)\nassert shm < 0, shm\n"
+                          "print('denied', ctypes.get_errno())",
+    "SysV message queue": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                          "assert libc.msgget(0, 0o1666) < 0\nprint('denied', ctypes.get_errno())",
+    "SysV semaphores": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                       "assert libc.semget(0, 4, 0o1666) < 0\nprint('denied', ctypes.get_errno())",
+    "memfd": "import os\ntry:\n    os.memfd_create('hoard')\nexcept OSError as exc:\n"
+             "    print('denied', exc.errno)",
+    "fallocate past the file limit": "import os\nfd = os.open('big', os.O_CREAT | os.O_WRONLY)\n"
+                                     "try:\n    os.posix_fallocate(fd, 0, 2 << 30)\n"
+                                     "except OSError as exc:\n    print('denied', exc.errno)\n"
+                                     "print(os.fstat(fd).st_blocks * 512 <= 64 << 20)",
+    "read the answer keys": "import os\n"
+                            "try:\n    os.listdir({data!r})\n    print('ESCAPED')\n"
+                            "except OSError as exc:\n    print('denied', exc.errno)\n"
+                            "for path in {keys!r}:\n"
+                            "    try:\n        open(path).read(1)\n        print('ESCAPED')\n"
+                            "    except OSError as exc:\n        print('denied', exc.errno)",
+}
+
+
+@pytest.mark.parametrize("name", list(ISOLATION_CASES))
+def test_isolation_gap_is_closed(name: str) -> None:
+    data = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "aimo_infer", "data")
+    keys = sorted(os.path.join(data, name) for name in os.listdir(data)
+                  if name.endswith(".jsonl"))
+    assert keys
+    out = contain((ISOLATION_CASES[name].format(data=data, keys=keys), IMPORTS))
+    first = out.attack[0]
+    assert first.status == "ok", first
+    assert "ESCAPED" not in first.stdout
+    assert first.stdout.startswith("denied"), first
+    if name.startswith("fallocate"):
+        assert first.stdout.rstrip().endswith("True"), first
+    still_works(out.concurrent)
+    still_works(out.attack[1])
+
+
+def test_doctor_fails_when_an_import_or_a_protection_is_missing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox import doctor
+
+    # aimo_infer imports here (installed in place) but a cell cannot read the project.
+    monkeypatch.setattr(doctor, "stdlib_names", lambda: ["statistics", "csv", "aimo_infer"])
+    monkeypatch.setattr(doctor, "package_names", lambda: ["numpy"])
+    report, status = asyncio.run(doctor.run_doctor(ROUND_TWO))
+    assert status == 1
+    problems = "\n".join(report["problems"])  # type: ignore[arg-type]
+    assert problems == "1 standard-library modules do not import in a cell: aimo_infer"
+    report, status = asyncio.run(doctor.run_doctor(dataclasses.replace(ROUND_TWO,
+                                                                       seccomp=False)))
+    assert status == 1
+    problems = "\n".join(report["problems"])  # type: ignore[arg-type]
+    assert "seccomp is off (disabled in config)" in problems
+    assert "a cell can SysV shared memory" in problems
