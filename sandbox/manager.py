@@ -35,6 +35,8 @@ CHANNEL_LOST = 120
 BOOT_FAILED = 121
 MAX_CODE_BYTES = 1024 * 1024
 PROMOTE_TIMEOUT_S = 10.0
+IDLE_CHECK_S = 0.5  # how often an idle session's processes are checked for CPU use
+IDLE_CPU_S = 0.2  # CPU a holder or a sleeping snapshot may use in that time
 BOOT_TIMEOUT_S = 30.0
 _ROLLBACK = {"timeout", "memory", "crashed", "exited"}
 _SANDBOX_STATUSES = {"ok", "error", "exited", "memory", "crashed"}
@@ -82,7 +84,10 @@ class Session:
     cells_started: int = 0
     messages: int = 0  # datagrams received since the current cell (or holder) started
     muted: bool = False  # a breach was seen: ignore the channel until a new holder speaks
-    forget: bool = False  # the next rollback replays no logged cell (one of them is hostile)
+    forget: bool = False  # the next rollback does not replay the last logged cell (hostile)
+    patrol_mark: tuple[object, ...] = ()  # holder, cell count and phase at the last patrol
+    patrol_cpu: float = 0.0
+    patrol_pid: int = -1  # last pid allocated at the last patrol (-1: no window to sweep)
 
 
 class Manager:
@@ -276,6 +281,7 @@ class Manager:
                                (lambda: self._on_channel(session), session))
         self.timers.at(time.monotonic() + BOOT_TIMEOUT_S, lambda: self._boot_timeout(session),
                        session)
+        self.timers.at(time.monotonic() + IDLE_CHECK_S, lambda: self._patrol(session), session)
 
     def _fork_holder(self, scratch: str, uid: int | None, chan_fd: int, out_fd: int) -> int:
         plan = confine.Plan(scratch, uid, self.config, (chan_fd, out_fd))
@@ -382,7 +388,7 @@ class Manager:
         print(f"sandbox manager: session {session.sid}: {why}", file=sys.stderr)
         note = f"\n[sandbox] the cell {why}; it was stopped and the state rolled back\n"
         session.muted = True
-        session.forget = True  # a cell since the snapshot broke the protocol: replay none
+        session.forget = True  # the culprit may be a cell that returned and kept running
         if session.phase == "booting":
             self._abandon(session, f"the sandbox holder {why}")
             return
@@ -430,9 +436,9 @@ class Manager:
             session.phase = "idle"
             session.messages = 0
             if session.forget and session.log:
-                session.note += (f"[sandbox] the effects of the last {len(session.log)} "
-                                 "cell(s) before this one were lost in the rollback\n")
-                session.log.clear()
+                session.log.pop()
+                session.note += ("[sandbox] the effects of the last cell that returned before "
+                                 "this were undone too (it may have kept running)\n")
             session.forget = False
             session.replaying = deque(code for code, _cpu in session.log)
             session.log.clear()
@@ -588,10 +594,6 @@ class Manager:
         except OSError:
             cpu = cell.cpu_limit
         session.log.append((cell.code, cpu))
-        holder_pid, started = session.holder.pid, session.cells_started
-        self.timers.at(time.monotonic() + self.config.wall_time_s,
-                       lambda: self._watch_idle(session, holder_pid, started,
-                                                cell.cpu_start + cpu), session)
         self._finish_cell(session, status, note)
         session.phase = "idle"
         if cell.replay:
@@ -600,22 +602,45 @@ class Manager:
         self._snapshot_when_idle(session)
         self._next_cell(session)
 
-    def _watch_idle(self, session: Session, pid: int, started: int, cpu_then: float) -> None:
-        """A holder burning CPU between cells (a cell forged its own result): roll it back."""
-        holder = session.holder
-        if holder is None or holder.pid != pid or session.phase != "idle" \
-                or session.cells_started != started:
+    def _patrol(self, session: Session) -> None:
+        """Between cells nothing of a session may burn CPU: not the holder (a cell forged its
+        result and kept running), not the sleeping snapshot (code a cell registered to run at
+        fork), not a process started since the last round. Repeats while the session lives."""
+        if session.phase == "closed":
             return
+        holder, snapshot = session.holder, session.snapshot
+        mark = (holder.pid if holder else None, session.cells_started, session.phase)
         try:
-            used = cpu_seconds(pid) - cpu_then
+            cpu = cpu_seconds(holder.pid) if holder else 0.0
         except OSError:
-            return
-        if used > self.config.cpu_time_s:
-            session.note += "[sandbox] the previous cell kept running after it returned; " \
-                            "state rolled back\n"
+            cpu = 0.0
+        if session.phase == "idle" and holder is not None and session.patrol_mark == mark \
+                and cpu - session.patrol_cpu > IDLE_CPU_S:
+            session.note += ("[sandbox] the previous cell kept running after it returned; "
+                             "it was stopped and the state rolled back\n")
             session.phase = "stopping"
             session.forget = True
             holder.kill()
+        if snapshot is not None:
+            with contextlib.suppress(OSError):
+                if cpu_seconds(snapshot.pid) > IDLE_CPU_S:  # a sleeping fork: ~0 CPU
+                    snapshot.kill()
+                    snapshot.close()
+                    session.snapshot = None
+                    session.snapshot_covers = None
+                    session.note += ("[sandbox] code run at fork kept the saved state busy; it "
+                                     "was dropped, so a failing cell now resets the session\n")
+        if session.phase == "idle" and session.snapshot_covers is None:
+            now = sweep.last_pid()
+            keep = [proc.pid for proc in (session.holder, session.snapshot) if proc is not None]
+            if session.patrol_pid >= 0 and not sweep.window_explained(
+                    session.patrol_pid, now, set(self.known_pids)):
+                sweep.kill_strays(session.owner, keep, session.patrol_pid)
+            session.patrol_pid = now
+        else:
+            session.patrol_pid = -1  # a snapshot may be on its way: sweep no window this round
+        session.patrol_mark, session.patrol_cpu = mark, cpu
+        self.timers.at(time.monotonic() + IDLE_CHECK_S, lambda: self._patrol(session), session)
 
     def _replay_failed(self, session: Session) -> None:
         """A replayed cell behaved differently this time: start over with empty state."""

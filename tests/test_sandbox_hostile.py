@@ -660,3 +660,64 @@ def test_doctor_fails_when_an_import_or_a_protection_is_missing(
     problems = "\n".join(report["problems"])  # type: ignore[arg-type]
     assert "seccomp is off (disabled in config)" in problems
     assert "a cell can SysV shared memory" in problems
+
+
+# ----- no CPU outside a cell
+async def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """Poll a condition (not a duration) until it holds or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+def spinner_file(pool: SandboxPool) -> str:
+    return os.path.join(pool.config.scratch_root, f"s{pool.manager_pid}-2", "spinner")
+
+
+IDLE_ATTACKS = {
+    # The cell reports success itself, then keeps computing while the model "generates".
+    "forged result": CHANNEL + "x = 2\nopen('spinner', 'w').write(str(os.getpid()))\n"
+                     + FORGED_RESULT + "while True: pass",
+    # The snapshot forked while idle runs the cell's code first and spins there.
+    "register_at_fork": "import os\nx = 2\ndef spin():\n"
+                        "    open('spinner', 'w').write(str(os.getpid()))\n"
+                        "    while True: pass\nos.register_at_fork(after_in_child=spin)",
+}
+
+
+@pytest.mark.parametrize("name", list(IDLE_ATTACKS))
+def test_nothing_burns_cpu_between_cells(name: str) -> None:
+    pool = SandboxPool(ROUND_TWO)
+
+    async def go() -> tuple[bool, list[ExecResult]]:
+        await pool.start()
+        victim = await pool.open_session()  # sid 1
+        attacker = await pool.open_session()  # sid 2: its scratch holds the spinner's pid
+        results = [await attacker.run("x = 1"), await attacker.run(IDLE_ATTACKS[name])]
+        path = spinner_file(pool)
+        assert await wait_until(lambda: os.path.exists(path) and os.path.getsize(path) > 0)
+        with open(path) as handle:
+            pid = int(handle.read())
+        stopped = await wait_until(lambda: not alive(pid))
+        results += [await attacker.run("print(x)"), await victim.run(IMPORTS)]
+        later = await pool.open_session()
+        results.append(await later.run(IMPORTS))
+        return stopped, results
+
+    try:
+        stopped, results = asyncio.run(go())
+    finally:
+        pool.close_sync()
+    assert stopped, "a process of the session kept burning CPU between cells"
+    after = results[2]
+    assert after.status == "ok", after
+    if name == "forged result":  # rolled back to before the attack, and told so
+        assert after.stdout == "1\n" and "kept running after it returned" in after.stderr
+    else:  # the attack cell itself ran to the end; its saved state was dropped
+        assert after.stdout == "2\n" and "code run at fork" in after.stderr
+    still_works(results[3])
+    still_works(results[4])
+    if os.geteuid() == 0:
+        assert processes_of_uids(ROUND_TWO.uid_base, ROUND_TWO.uid_count) == []
