@@ -35,6 +35,7 @@ CHANNEL_LOST = 120
 BOOT_FAILED = 121
 MAX_CODE_BYTES = 1024 * 1024
 PROMOTE_TIMEOUT_S = 10.0
+SCRATCH_CHECK_S = 0.25  # how often a running cell's scratch directory is measured
 IDLE_CHECK_S = 0.5  # how often an idle session's processes are checked for CPU use
 IDLE_CPU_S = 0.2  # CPU a holder or a sleeping snapshot may use in that time
 BOOT_TIMEOUT_S = 30.0
@@ -552,6 +553,7 @@ class Manager:
             self._kill_cell(session, cell, "crashed")
             return
         self.timers.at(now + cpu_limit, lambda: self._check_cpu(session, cell), session)
+        self.timers.at(now + SCRATCH_CHECK_S, lambda: self._check_scratch(session, cell), session)
         self.timers.at(now + wall_limit, lambda: self._kill_cell(session, cell, "wall"), session)
 
     def _check_cpu(self, session: Session, cell: Cell) -> None:
@@ -566,6 +568,31 @@ class Manager:
         else:
             self.timers.at(time.monotonic() + cell.cpu_limit - used + 0.002,
                            lambda: self._check_cpu(session, cell), session)
+
+    def _check_scratch(self, session: Session, cell: Cell) -> None:
+        """Stop a cell that fills its scratch directory past the session's quota."""
+        if session.cell is not cell:
+            return
+        if self._scratch_over(session):
+            self._kill_cell(session, cell, "disk")
+        else:
+            self.timers.at(time.monotonic() + SCRATCH_CHECK_S,
+                           lambda: self._check_scratch(session, cell), session)
+
+    def _scratch_over(self, session: Session) -> bool:
+        limit = self.config.max_scratch_files
+        used, entries = sweep.disk_usage(session.scratch, limit)
+        return used > self.config.max_scratch_mb * 1024 * 1024 or entries > limit
+
+    @staticmethod
+    def _empty_scratch(session: Session) -> None:
+        with contextlib.suppress(OSError), os.scandir(session.scratch) as entries:
+            for entry in list(entries):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def _kill_cell(self, session: Session, cell: Cell, reason: str) -> None:
         if session.cell is not cell or session.holder is None:
@@ -685,6 +712,8 @@ class Manager:
                                f"{cell.cpu_limit:g} s CPU limit; state rolled back\n")
         if cell.kill_reason == "protocol":
             return "crashed", cell.fault
+        if cell.kill_reason == "disk":
+            return "error", "\n[sandbox] the cell was stopped; state rolled back\n"
         if cell.kill_reason == "wall":
             return "timeout", (f"\n[sandbox] TimeoutError: the cell ran past its "
                                f"{cell.wall_limit:g} s wall-clock limit; state rolled back\n")
@@ -707,11 +736,16 @@ class Manager:
         if cell is None:
             return
         session.cell = None
+        self._sweep_after(session, cell)
+        if cell.kill_reason == "disk" or self._scratch_over(session):
+            self._empty_scratch(session)
+            session.note += (f"[sandbox] OSError: the cell wrote more than its scratch directory "
+                             f"may hold ({self.config.max_scratch_mb} MB, "
+                             f"{self.config.max_scratch_files} files); every file in it was "
+                             "deleted\n")
         if cell.replay:
-            self._sweep_after(session, cell)
             return
         elapsed = time.monotonic() - cell.started
-        self._sweep_after(session, cell)
         cap = self.config.max_output_bytes
         stdout, out_cut = outbuf.read_stream(session.out_mem, 0, cap)  # type: ignore[arg-type]
         stderr, err_cut = outbuf.read_stream(session.out_mem, 1, cap)  # type: ignore[arg-type]

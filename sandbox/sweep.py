@@ -192,3 +192,23 @@ def bury_manager(manager_pid: int | None, scratch_root: str, lock_dir: str | Non
         shutil.rmtree(os.path.join(scratch_root, name), ignore_errors=True)
         removed += not os.path.exists(os.path.join(scratch_root, name))
     return killed, removed
+
+
+def disk_usage(root: str, max_entries: int) -> tuple[int, int]:
+    """Bytes allocated below ``root`` and the number of entries, counting stops past
+    ``max_entries`` (a directory of a million empty files is over quota, not slow to check)."""
+    used = entries = 0
+    stack = [root]
+    while stack and entries <= max_entries:
+        try:
+            with os.scandir(stack.pop()) as listing:
+                for entry in listing:
+                    entries += 1
+                    with contextlib.suppress(OSError):
+                        info = entry.stat(follow_symlinks=False)
+                        used += info.st_blocks * 512
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+        except OSError:
+            continue
+    return used, entries
