@@ -226,12 +226,14 @@ class Holder:
         if threads <= 1:
             return False
         done_r, done_w = _pipe()
+        saved = _random_state()
         child = _fork()
         if child:
             _close(done_w)
             _read(done_r, 1)  # wait until the clean copy has reported, then drop the threads
             _exit(0)
         _close(done_r)
+        _set_random_state(saved)
         self.pid = _getpid()
         self._done_fd = done_w
         return True
@@ -244,6 +246,7 @@ class Holder:
             self._done_fd = None
 
     def snapshot(self) -> None:
+        saved = _random_state()
         try:
             child = _fork()
         except OSError:  # out of process slots: the manager keeps the older snapshot
@@ -253,6 +256,7 @@ class Holder:
             self.send(f'{{"op":"snapshot","pid":{child:d}}}')
             return
         self.pid = _getpid()
+        _set_random_state(saved)
         can_renice = resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
         if can_renice:  # a sleeping snapshot's exit must not preempt anything
             _setpriority(os.PRIO_PROCESS, 0, 19)
@@ -269,6 +273,25 @@ class Holder:
                 return
             if watch.poll(0):
                 _exit(0)
+
+
+def _random_state() -> tuple[object, object] | None:
+    """The global ``random`` generator's state: ``random`` reseeds it in every fork child,
+    so a snapshot (or a replayed cell) would draw other numbers than the holder did."""
+    module = sys.modules.get("random")
+    generator = getattr(module, "_inst", None)
+    if generator is None:
+        return None
+    try:
+        return generator, generator.getstate()
+    except BaseException:
+        return None
+
+
+def _set_random_state(saved: tuple[object, object] | None) -> None:
+    if saved is not None:
+        with contextlib.suppress(BaseException):
+            saved[0].setstate(saved[1])  # type: ignore[attr-defined]
 
 
 def _int_text(value: int) -> str:

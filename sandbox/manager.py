@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sandbox import channel, confine, holder, outbuf, sweep
+from sandbox import channel, confine, files, holder, outbuf, sweep
 from sandbox.channel import BadMessage, Boot, CellResult, Ready, SnapshotTaken
 from sandbox.config import SandboxConfig
 from sandbox.procs import Proc, Timers, cpu_seconds
@@ -55,6 +55,7 @@ class Cell:
     since_pid: int
     code: str = ""
     replay: bool = False  # re-running a logged cell after a rollback: nobody awaits its result
+    output: int = 0  # digest of what the cell printed (a replay must print the same)
     kill_reason: str | None = None
     fault: str = ""  # why the manager stopped the cell (a protocol breach)
 
@@ -78,9 +79,9 @@ class Session:
     open_request: object = None
     report: dict[str, str] = field(default_factory=dict)
     pgid: int = 0
-    log: list[tuple[str, float]] = field(default_factory=list)  # cells since the snapshot
+    log: list[tuple[str, float, int]] = field(default_factory=list)  # code, CPU, output digest
     snapshot_covers: int | None = None  # log entries the requested snapshot will include
-    replaying: deque[str] = field(default_factory=deque)
+    replaying: deque[tuple[str, int]] = field(default_factory=deque)
     note: str = ""  # told to the caller with the next result
     cells_started: int = 0
     messages: int = 0  # datagrams received since the current cell (or holder) started
@@ -89,6 +90,8 @@ class Session:
     patrol_mark: tuple[object, ...] = ()  # holder, cell count and phase at the last patrol
     patrol_cpu: float = 0.0
     patrol_pid: int = -1  # last pid allocated at the last patrol (-1: no window to sweep)
+    files_saved: bool = True  # the live snapshot's scratch files were saved (not too large)
+    files_pending: bool = True  # the same for the snapshot asked for
 
 
 class Manager:
@@ -332,6 +335,8 @@ class Manager:
             session.out_mem.close()  # type: ignore[attr-defined]
         os.close(session.out_fd)
         shutil.rmtree(session.scratch, ignore_errors=True)
+        for copy in (".saved", ".next"):
+            shutil.rmtree(session.scratch + copy, ignore_errors=True)
         if session.uid_lock is not None:
             os.close(session.uid_lock)
         self.sessions.pop(session.sid, None)
@@ -441,7 +446,7 @@ class Manager:
                 session.note += ("[sandbox] the effects of the last cell that returned before "
                                  "this were undone too (it may have kept running)\n")
             session.forget = False
-            session.replaying = deque(code for code, _cpu in session.log)
+            session.replaying = deque((code, output) for code, _cpu, output in session.log)
             session.log.clear()
             self._continue_replay(session)
 
@@ -472,11 +477,17 @@ class Manager:
         session.snapshot = proc
         self.known_pids.append(pid)
         del session.log[:covers or 0]
+        shutil.rmtree(session.scratch + ".saved", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rename(session.scratch + ".next", session.scratch + ".saved")
+        session.files_saved = session.files_pending
 
     def _request_snapshot(self, session: Session) -> None:
         """Fork a snapshot of the holder now (it includes every cell logged so far)."""
         if session.snapshot_covers is not None:
             return
+        # The holder is idle: its files now are those the snapshot will go with.
+        session.files_pending = files.save(session.scratch, session.scratch + ".next")
         if self._send_session(session, b"S"):
             session.snapshot_covers = len(session.log)
 
@@ -497,13 +508,13 @@ class Manager:
         """Whether replaying the cells since the snapshot would cost too much."""
         pending = session.log[session.snapshot_covers or 0:]
         return (len(pending) >= self.config.max_replay_cells
-                or sum(cpu for _code, cpu in pending) >= self.config.max_replay_cpu_s)
+                or sum(cpu for _code, cpu, _output in pending) >= self.config.max_replay_cpu_s)
 
     def _continue_replay(self, session: Session) -> None:
         """After a rollback, re-run the cells the woken snapshot had not seen yet."""
         if session.replaying:
-            self._start_cell(session, session.replaying.popleft(), None, self.config.cpu_time_s,
-                             replay=True)
+            code, output = session.replaying.popleft()
+            self._start_cell(session, code, None, self.config.cpu_time_s, replay_of=output)
             return
         self._request_snapshot(session)
         self._next_cell(session)
@@ -533,7 +544,8 @@ class Manager:
         self._start_cell(session, code, request.get("id"), cpu_limit)
 
     def _start_cell(self, session: Session, code: str, request_id: object, cpu_limit: float,
-                    replay: bool = False) -> None:
+                    replay_of: int | None = None) -> None:
+        """Send a cell to the holder; ``replay_of`` is the output digest of a replayed cell."""
         ratio = self.config.wall_time_s / self.config.cpu_time_s
         wall_limit = max(self.config.wall_time_s, cpu_limit * ratio)
         assert session.holder is not None
@@ -544,7 +556,7 @@ class Manager:
             cpu_start = 0.0
         now = time.monotonic()
         cell = Cell(request_id, cpu_limit, wall_limit, now, cpu_start, sweep.last_pid(), code,
-                    replay)
+                    replay_of is not None, replay_of or 0)
         session.cell = cell
         session.cells_started += 1
         session.messages = 0
@@ -584,16 +596,6 @@ class Manager:
         used, entries = sweep.disk_usage(session.scratch, limit)
         return used > self.config.max_scratch_mb * 1024 * 1024 or entries > limit
 
-    @staticmethod
-    def _empty_scratch(session: Session) -> None:
-        with contextlib.suppress(OSError), os.scandir(session.scratch) as entries:
-            for entry in list(entries):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
-
     def _kill_cell(self, session: Session, cell: Cell, reason: str) -> None:
         if session.cell is not cell or session.holder is None:
             return
@@ -620,8 +622,8 @@ class Manager:
             cpu = cpu_seconds(session.holder.pid) - cell.cpu_start
         except OSError:
             cpu = cell.cpu_limit
-        session.log.append((cell.code, cpu))
         self._finish_cell(session, status, note)
+        session.log.append((cell.code, cpu, cell.output))
         session.phase = "idle"
         if cell.replay:
             self._continue_replay(session)
@@ -738,17 +740,24 @@ class Manager:
         session.cell = None
         self._sweep_after(session, cell)
         if cell.kill_reason == "disk" or self._scratch_over(session):
-            self._empty_scratch(session)
+            files.empty(session.scratch)
             session.note += (f"[sandbox] OSError: the cell wrote more than its scratch directory "
                              f"may hold ({self.config.max_scratch_mb} MB, "
                              f"{self.config.max_scratch_files} files); every file in it was "
                              "deleted\n")
-        if cell.replay:
-            return
         elapsed = time.monotonic() - cell.started
         cap = self.config.max_output_bytes
         stdout, out_cut = outbuf.read_stream(session.out_mem, 0, cap)  # type: ignore[arg-type]
         stderr, err_cut = outbuf.read_stream(session.out_mem, 1, cap)  # type: ignore[arg-type]
+        digest = hash((stdout, stderr))
+        if cell.replay:
+            if digest != cell.output and status == "ok":
+                session.note += ("[sandbox] a cell replayed to restore the state printed "
+                                 "something else than the first time (unseeded randomness or "
+                                 "the clock): the restored state may differ from what its "
+                                 "output showed\n")
+            return
+        cell.output = digest
         if status == "exited" and not note:
             note = "[sandbox] the cell called sys.exit; state rolled back\n"
         if status in _ROLLBACK and session.snapshot is None:
@@ -778,11 +787,29 @@ class Manager:
         session.phase = "promoting"
         session.muted = False
         session.messages = 0
+        self._restore_files(session)
         session.promoting = snapshot
         self.by_holder[snapshot.pid] = session
         snapshot.kill(signal.SIGUSR1)
         self.timers.at(time.monotonic() + PROMOTE_TIMEOUT_S,
                        lambda: self._promote_timeout(session, snapshot), session)
+
+    def _restore_files(self, session: Session) -> None:
+        """Put the scratch files back as they were when the snapshot was taken."""
+        saved = session.scratch + ".saved"
+        if not session.files_saved:
+            session.note += (f"[sandbox] files in the scratch directory were not rolled back "
+                             f"(over {files.SAVE_MAX_BYTES >> 20} MB or {files.SAVE_MAX_FILES} "
+                             "files when the state was saved)\n")
+            return
+        try:
+            if os.path.isdir(saved):
+                files.restore(saved, session.scratch, session.uid)
+            else:
+                files.empty(session.scratch)
+        except OSError as exc:
+            session.note += f"[sandbox] files in the scratch directory were not rolled back " \
+                            f"({exc.strerror or exc})\n"
 
     def _promote_timeout(self, session: Session, snapshot: Proc) -> None:
         if session.promoting is snapshot:
@@ -795,6 +822,9 @@ class Manager:
     def _respawn(self, session: Session) -> None:
         """No snapshot to fall back on: start a fresh holder (the session's state is lost)."""
         sweep.kill_strays(session.owner, ())
+        files.empty(session.scratch)  # its files go with it
+        shutil.rmtree(session.scratch + ".saved", ignore_errors=True)
+        session.files_saved = True
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         pid = self._fork_holder(session.scratch, session.uid, theirs.fileno(), session.out_fd)

@@ -748,3 +748,31 @@ def test_scratch_quota_per_session(cell: str) -> None:
     assert out.attack[2].stdout in ("[]\n", "['keep']\n"), out.attack[2]  # 'keep': replayed
     still_works(out.concurrent)
     still_works(out.attack[3])
+
+
+# ----- exact rollback: the state after a failed cell is the state after the last good one
+BUSY = "while True: pass"
+
+
+def test_rollback_replays_the_same_random_draws() -> None:
+    out = contain(("import random\na = random.getrandbits(31)\nprint(a)", BUSY, "print(a)",
+                   IMPORTS))
+    assert out.attack[1].status == "timeout"
+    assert out.attack[2].stdout == out.attack[0].stdout, out.attack[2]
+    assert "may differ" not in out.attack[2].stderr
+
+
+def test_rollback_restores_the_scratch_files() -> None:
+    out = contain(("open('log', 'a').write('x')",
+                   "open('log', 'a').write('y')\nopen('other', 'w').write('z')\n" + BUSY,
+                   "import os\nprint(open('log').read(), os.path.exists('other'))", IMPORTS))
+    assert out.attack[1].status == "timeout"
+    assert out.attack[2].stdout == "x False\n", out.attack[2]
+
+
+def test_rollback_says_when_a_replay_differs() -> None:
+    out = contain(("import os\nv = os.urandom(8).hex()\nprint(v)", BUSY, "print(v)", IMPORTS))
+    assert out.attack[1].status == "timeout"
+    replayed = out.attack[2]
+    assert replayed.stdout != out.attack[0].stdout  # the replay drew other bytes
+    assert "the restored state may differ" in out.attack[1].stderr + replayed.stderr
