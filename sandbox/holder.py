@@ -40,6 +40,7 @@ _close = os.close
 _setpriority = os.setpriority
 
 _PEEK_SIZE = int(socket.MSG_PEEK | socket.MSG_TRUNC)  # plain int: enum flags run Python code
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 CHANNEL_LOST = 120  # exit code: the cell closed or replaced the channel to the manager
 MAX_MESSAGE = 16 * 1024 * 1024
 WAKE = int(signal.SIGUSR1)
@@ -263,7 +264,19 @@ class Holder:
         self._sleep_until_promoted()
         if can_renice:
             _setpriority(os.PRIO_PROCESS, 0, 0)
+        self._drop_stale_requests()
         self.send('{"op":"ready"}')
+
+    def _drop_stale_requests(self) -> None:
+        """Requests still queued were meant for the holder this snapshot replaces (the manager
+        sends none while it promotes): running them would shift every later result by one."""
+        while True:
+            try:
+                self.channel.recv(MAX_MESSAGE, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                _exit(CHANNEL_LOST)
 
     def _sleep_until_promoted(self) -> None:
         watch = select.poll()

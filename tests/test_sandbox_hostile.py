@@ -574,8 +574,8 @@ def test_pool_restarts_a_dead_manager(caplog: pytest.LogCaptureFixture) -> None:
         busy = asyncio.create_task(old.run(spin, timeout=60))
         scratch = [os.path.join(ROUND_TWO.scratch_root, name)
                    for name in os.listdir(ROUND_TWO.scratch_root)
-                   if name.startswith(f"s{first}-")]
-        marker = os.path.join(scratch[0], "started")
+                   if name.startswith(f"s{first}-")]  # with the saved copies of its files
+        marker = os.path.join(ROUND_TWO.scratch_root, f"s{first}-1", "started")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
         while not os.path.exists(marker) and loop.time() < deadline:
