@@ -28,10 +28,13 @@ class TooLarge(Exception):
 
 def save(scratch: str, dest: str) -> bool:
     """Replace ``dest`` with a copy of ``scratch``; False (and no copy) when it is too large."""
-    shutil.rmtree(dest, ignore_errors=True)
+    if os.path.lexists(dest):
+        shutil.rmtree(dest, ignore_errors=True)
     used, entries = sweep.disk_usage(scratch, SAVE_MAX_FILES)
     if used > SAVE_MAX_BYTES or entries > SAVE_MAX_FILES:
         return False
+    if entries == 0:  # the usual case: nothing to copy, and no copy means an empty directory
+        return True
     os.mkdir(dest, 0o700)
     budget = [SAVE_MAX_BYTES]
     try:

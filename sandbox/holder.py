@@ -38,6 +38,18 @@ _read = os.read
 _write = os.write
 _close = os.close
 _setpriority = os.setpriority
+# A cell may patch _signal, select or resource; the holder keeps the originals (a patched
+# sigtimedwait would make a sleeping snapshot spin).
+_alarm = _signal.alarm
+_setitimer = _signal.setitimer
+_getsignal = _signal.getsignal
+_set_handler = _signal.signal
+_sigmask = _signal.pthread_sigmask
+_SIG_SETMASK = _signal.SIG_SETMASK
+_sigtimedwait = _signal.sigtimedwait
+_poll = select.poll
+_getrlimit = resource.getrlimit
+_RLIMIT_NICE = resource.RLIMIT_NICE
 
 _PEEK_SIZE = int(socket.MSG_PEEK | socket.MSG_TRUNC)  # plain int: enum flags run Python code
 _DONTWAIT = int(socket.MSG_DONTWAIT)
@@ -201,13 +213,13 @@ class Holder:
     def _restore_process_state(self) -> None:
         """Undo what a cell may leave armed: alarms, signal handlers, blocked signals, zombies."""
         try:
-            _signal.alarm(0)
+            _alarm(0)
             for timer in _TIMERS:
-                _signal.setitimer(timer, 0)
+                _setitimer(timer, 0)
             for sig, handler in self.handlers.items():
-                if _signal.getsignal(sig) is not handler and handler is not None:
-                    _signal.signal(sig, handler)
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, {WAKE})
+                if _getsignal(sig) is not handler and handler is not None:
+                    _set_handler(sig, handler)
+            _sigmask(_SIG_SETMASK, {WAKE})
         except (OSError, ValueError, TypeError):
             pass
         while True:
@@ -258,7 +270,7 @@ class Holder:
             return
         self.pid = _getpid()
         _set_random_state(saved)
-        can_renice = resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+        can_renice = _getrlimit(_RLIMIT_NICE)[0] >= 20
         if can_renice:  # a sleeping snapshot's exit must not preempt anything
             _setpriority(os.PRIO_PROCESS, 0, 19)
         self._sleep_until_promoted()
@@ -279,10 +291,10 @@ class Holder:
                 _exit(CHANNEL_LOST)
 
     def _sleep_until_promoted(self) -> None:
-        watch = select.poll()
+        watch = _poll()
         watch.register(self.channel.fileno(), 0)  # only hang-up: the manager is gone
         while True:
-            if _signal.sigtimedwait({WAKE}, 1.0) is not None:
+            if _sigtimedwait({WAKE}, 1.0) is not None:
                 return
             if watch.poll(0):
                 _exit(0)

@@ -141,8 +141,9 @@ class Inbox:
         session.snapshot = proc
         self.known_pids.append(pid)
         del session.log[:covers or 0]
-        shutil.rmtree(session.scratch + ".saved", ignore_errors=True)
-        with contextlib.suppress(OSError):
+        if os.path.lexists(session.scratch + ".saved"):
+            shutil.rmtree(session.scratch + ".saved", ignore_errors=True)
+        with contextlib.suppress(OSError):  # no copy: the scratch directory was empty
             os.rename(session.scratch + ".next", session.scratch + ".saved")
         session.files_saved = session.files_pending
 

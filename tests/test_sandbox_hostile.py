@@ -776,3 +776,16 @@ def test_rollback_says_when_a_replay_differs() -> None:
     replayed = out.attack[2]
     assert replayed.stdout != out.attack[0].stdout  # the replay drew other bytes
     assert "the restored state may differ" in out.attack[1].stderr + replayed.stderr
+
+
+def test_patched_signal_module_cannot_break_the_snapshot() -> None:
+    """The snapshot sleeps in sigtimedwait: a cell that replaced it would make every snapshot
+    spin (or die) from then on; the holder keeps its own reference."""
+    cell = "import _signal, select\n_signal.sigtimedwait = None\nselect.poll = None\nx = 3"
+    each_cell = dataclasses.replace(ROUND_TWO, max_replay_cells=0)  # a snapshot before each cell
+    out = contain(("x = 1", cell, "x = 4", BUSY, "print(x)", IMPORTS), each_cell)
+    assert out.attack[3].status == "timeout", out.attack[3]
+    assert out.attack[4].stdout == "4\n", out.attack[4]
+    assert "restarts empty" not in out.attack[3].stderr
+    still_works(out.concurrent)
+    still_works(out.attack[5])
