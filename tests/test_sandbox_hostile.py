@@ -789,3 +789,19 @@ def test_patched_signal_module_cannot_break_the_snapshot() -> None:
     assert "restarts empty" not in out.attack[3].stderr
     still_works(out.concurrent)
     still_works(out.attack[5])
+
+
+def test_fd_exhaustion_costs_only_its_own_session() -> None:
+    """A cell that holds every descriptor it may open: the holder still reports, snapshots
+    and rolls back, and other sessions are not affected."""
+    cell = ("import os\nfds = []\ntry:\n    while True:\n"
+            "        fds.append(os.open('/dev/null', os.O_RDONLY))\nexcept OSError:\n    pass\n"
+            "print(len(fds) > 100)")
+    each_cell = dataclasses.replace(ROUND_TWO, max_replay_cells=0)
+    release = "for fd in fds:\n    os.close(fd)\n"
+    out = contain((cell, "x = 5", BUSY, "print(x)", release + IMPORTS), each_cell)
+    assert out.attack[0].stdout == "True\n", out.attack[0]
+    assert out.attack[2].status == "timeout", out.attack[2]
+    assert out.attack[3].stdout == "5\n", out.attack[3]
+    still_works(out.concurrent)
+    still_works(out.attack[4])
