@@ -145,27 +145,6 @@ async def _serve(args: argparse.Namespace) -> None:
             os.unlink(args.session)
 
 
-# ----- doctor
-PROBES = {
-    "run a program": "import os\nos.system('true') == 0 and print('ESCAPED')",
-    "open an internet socket": "import socket\nsocket.socket().close(); print('ESCAPED')",
-    "write outside scratch": "open('/tmp/sandbox-doctor-probe', 'w').write('x'); print('ESCAPED')",
-    "signal the manager": "import os\nos.kill(os.getppid(), 0); print('ESCAPED')",
-}
-
-
-async def _doctor() -> dict[str, object]:
-    async with SandboxPool() as pool:
-        session = await pool.open_session()
-        probes = {}
-        for name, code in PROBES.items():
-            result = await session.run(code)
-            probes[name] = "allowed" if "ESCAPED" in result.stdout else "blocked"
-        await session.close()
-    return {"protections": session.protections, "probes": probes,
-            "manager": "one per pool; holders fork from it, never from the caller"}
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--session", required=True)
     serve.add_argument("--memory-mb", type=int)
     serve.add_argument("--idle-exit", type=float, default=900.0)
-    sub.add_parser("doctor", help="report which protections are in force on this kernel")
+    sub.add_parser("doctor", help="report the protections in force, probe the walls and check "
+                                  "imports; exits 1 when something is missing")
     return parser
 
 
@@ -203,9 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "serve":
             asyncio.run(_serve(args))
         else:
-            report = asyncio.run(_doctor())
+            from sandbox.doctor import run_doctor
+
+            report, status = asyncio.run(run_doctor())
             print(json.dumps(report, indent=2))
-    except (SandboxError, ValueError, OSError) as exc:
+            for problem in report["problems"]:  # type: ignore[union-attr]
+                print(f"problem: {problem}", file=sys.stderr)
+            return status
+    except (SandboxError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -21,6 +21,8 @@ class SandboxConfig:
     max_processes: int = 32  # processes and threads per session (holds under a separate uid)
     max_open_files: int = 256
     max_file_mb: int = 64  # largest file a cell may write in its scratch directory
+    max_scratch_mb: int = 256  # all files of a session's scratch directory together
+    max_scratch_files: int = 10_000  # files and directories in it
     max_output_bytes: int = 16_000  # per stream; beyond it the caller sees head + marker + tail
     scratch_root: str = field(default_factory=_default_scratch_root)
     preload: tuple[str, ...] = ("math", "numpy", "sympy")  # imported once, shared by every session
@@ -65,3 +67,6 @@ class SandboxConfig:
             raise ValueError("max_output_bytes must be at least 64")
         if self.max_open_files < 16 or self.max_file_mb < 1:
             raise ValueError("max_open_files must be >= 16 and max_file_mb >= 1")
+        if self.max_scratch_mb < self.max_file_mb or self.max_scratch_files < 1:
+            raise ValueError("max_scratch_mb must be at least max_file_mb, max_scratch_files "
+                             "at least 1")

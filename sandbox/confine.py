@@ -12,7 +12,7 @@ import resource
 import signal
 from dataclasses import dataclass
 
-from sandbox import landlock, seccomp
+from sandbox import landlock, reach, seccomp
 from sandbox.config import SandboxConfig
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -101,29 +101,44 @@ def apply(plan: Plan) -> dict[str, str]:
                        "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                        "MKL_NUM_THREADS": "1"})
     _redirect_std_fds()
-    _close_other_fds(plan.keep_fds)
+    held = reach.hold_open(reach.interpreter_dirs()) if plan.uid is not None else {}
+    _close_other_fds(plan.keep_fds + tuple(held.values()))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail with EFBIG instead
     report.update(_set_limits(plan))
+    ruleset, landlock_off = _prepare_landlock(plan)  # opens its paths while still root
     if plan.uid is not None:
         _drop_privileges(plan.uid)
         report["uid"] = f"on (uid {plan.uid})"
     else:
         report["uid"] = "off (not root or disabled): sessions share the caller's uid"
-    report["landlock"] = _apply_landlock(plan)
+    reach.import_through(held)
+    report["imports"] = (f"on ({len(held)} interpreter directories the sandbox uid cannot "
+                         "enter are reached through held descriptors)" if held else
+                         "on (interpreter directories are readable by the sandbox uid)")
+    report["landlock"] = _enforce_landlock(ruleset) if ruleset is not None else landlock_off
     report["seccomp"] = _apply_seccomp(plan)
     return report
 
 
-def _apply_landlock(plan: Plan) -> str:
+def _prepare_landlock(plan: Plan) -> tuple[landlock.Ruleset | None, str]:
     if not plan.config.landlock:
-        return "off (disabled in config)"
+        return None, "off (disabled in config)"
     try:
-        abi = landlock.restrict([plan.scratch], [os.devnull])
+        return landlock.prepare([plan.scratch], [os.devnull], reach.readable_dirs(),
+                                reach.readable_files()), ""
+    except OSError as exc:
+        return None, f"off ({exc.strerror or exc})"
+
+
+def _enforce_landlock(ruleset: landlock.Ruleset) -> str:
+    try:
+        abi = landlock.enforce(ruleset)
     except OSError as exc:
         return f"off ({exc.strerror or exc})"
     extras = ", no TCP" if abi >= 4 else ""
     extras += ", signals and abstract sockets scoped" if abi >= 6 else ""
-    return f"on (ABI {abi}: writes only in scratch{extras})"
+    return (f"on (ABI {abi}: writes only in scratch, reads only of the interpreter, "
+            f"its packages, scratch and system files{extras})")
 
 
 def _apply_seccomp(plan: Plan) -> str:
@@ -133,4 +148,5 @@ def _apply_seccomp(plan: Plan) -> str:
         seccomp.install()
     except OSError as exc:
         return f"off ({exc.strerror or exc})"
-    return "on (no exec, no internet sockets, no setsid/setpgid, no kill, no ptrace, no namespaces)"
+    return ("on (no exec, no internet sockets, no setsid/setpgid, no kill, no ptrace, "
+            "no namespaces, no SysV IPC or message queues, no memfd, no fallocate)")

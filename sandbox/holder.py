@@ -38,8 +38,21 @@ _read = os.read
 _write = os.write
 _close = os.close
 _setpriority = os.setpriority
+# A cell may patch _signal, select or resource; the holder keeps the originals (a patched
+# sigtimedwait would make a sleeping snapshot spin).
+_alarm = _signal.alarm
+_setitimer = _signal.setitimer
+_getsignal = _signal.getsignal
+_set_handler = _signal.signal
+_sigmask = _signal.pthread_sigmask
+_SIG_SETMASK = _signal.SIG_SETMASK
+_sigtimedwait = _signal.sigtimedwait
+_poll = select.poll
+_getrlimit = resource.getrlimit
+_RLIMIT_NICE = resource.RLIMIT_NICE
 
 _PEEK_SIZE = int(socket.MSG_PEEK | socket.MSG_TRUNC)  # plain int: enum flags run Python code
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 CHANNEL_LOST = 120  # exit code: the cell closed or replaced the channel to the manager
 MAX_MESSAGE = 16 * 1024 * 1024
 WAKE = int(signal.SIGUSR1)
@@ -162,7 +175,7 @@ class Holder:
         except OSError:  # threads hold every process slot: give the state up instead
             status, shed = "crashed", False
             self._report("[sandbox] the cell left threads that could not be stopped\n")
-        code_text = "null" if exit_code is None else f"{exit_code:d}"
+        code_text = "null" if exit_code is None else _int_text(exit_code)
         self.send(f'{{"op":"result","status":"{status}","exit_code":{code_text},'
                   f'"shed":{"true" if shed else "false"}}}')
         self.after_send()
@@ -200,13 +213,13 @@ class Holder:
     def _restore_process_state(self) -> None:
         """Undo what a cell may leave armed: alarms, signal handlers, blocked signals, zombies."""
         try:
-            _signal.alarm(0)
+            _alarm(0)
             for timer in _TIMERS:
-                _signal.setitimer(timer, 0)
+                _setitimer(timer, 0)
             for sig, handler in self.handlers.items():
-                if _signal.getsignal(sig) is not handler and handler is not None:
-                    _signal.signal(sig, handler)
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, {WAKE})
+                if _getsignal(sig) is not handler and handler is not None:
+                    _set_handler(sig, handler)
+            _sigmask(_SIG_SETMASK, {WAKE})
         except (OSError, ValueError, TypeError):
             pass
         while True:
@@ -226,12 +239,14 @@ class Holder:
         if threads <= 1:
             return False
         done_r, done_w = _pipe()
+        saved = _random_state()
         child = _fork()
         if child:
             _close(done_w)
             _read(done_r, 1)  # wait until the clean copy has reported, then drop the threads
             _exit(0)
         _close(done_r)
+        _set_random_state(saved)
         self.pid = _getpid()
         self._done_fd = done_w
         return True
@@ -244,6 +259,7 @@ class Holder:
             self._done_fd = None
 
     def snapshot(self) -> None:
+        saved = _random_state()
         try:
             child = _fork()
         except OSError:  # out of process slots: the manager keeps the older snapshot
@@ -253,22 +269,63 @@ class Holder:
             self.send(f'{{"op":"snapshot","pid":{child:d}}}')
             return
         self.pid = _getpid()
-        can_renice = resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+        _set_random_state(saved)
+        can_renice = _getrlimit(_RLIMIT_NICE)[0] >= 20
         if can_renice:  # a sleeping snapshot's exit must not preempt anything
             _setpriority(os.PRIO_PROCESS, 0, 19)
         self._sleep_until_promoted()
         if can_renice:
             _setpriority(os.PRIO_PROCESS, 0, 0)
+        self._drop_stale_requests()
         self.send('{"op":"ready"}')
 
+    def _drop_stale_requests(self) -> None:
+        """Requests still queued were meant for the holder this snapshot replaces (the manager
+        sends none while it promotes): running them would shift every later result by one."""
+        while True:
+            try:
+                self.channel.recv(MAX_MESSAGE, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                _exit(CHANNEL_LOST)
+
     def _sleep_until_promoted(self) -> None:
-        watch = select.poll()
+        watch = _poll()
         watch.register(self.channel.fileno(), 0)  # only hang-up: the manager is gone
         while True:
-            if _signal.sigtimedwait({WAKE}, 1.0) is not None:
+            if _sigtimedwait({WAKE}, 1.0) is not None:
                 return
             if watch.poll(0):
                 _exit(0)
+
+
+def _random_state() -> tuple[object, object] | None:
+    """The global ``random`` generator's state: ``random`` reseeds it in every fork child,
+    so a snapshot (or a replayed cell) would draw other numbers than the holder did."""
+    module = sys.modules.get("random")
+    generator = getattr(module, "_inst", None)
+    if generator is None:
+        return None
+    try:
+        return generator, generator.getstate()
+    except BaseException:
+        return None
+
+
+def _set_random_state(saved: tuple[object, object] | None) -> None:
+    if saved is not None:
+        with contextlib.suppress(BaseException):
+            saved[0].setstate(saved[1])  # type: ignore[attr-defined]
+
+
+def _int_text(value: int) -> str:
+    """Decimal text of an exit code through ``int``'s own methods: a cell's int subclass
+    cannot format itself into the result (its ``__format__`` could write any JSON)."""
+    value = int.__int__(value) if isinstance(value, int) else 1
+    if not -(2**31) <= value < 2**31:
+        value = 1
+    return int.__repr__(value)
 
 
 def main(channel_fd: int, output_fd: int, output_cap: int,

@@ -1,11 +1,15 @@
-"""Landlock through raw syscalls: write access only below the scratch directory, no TCP, no
-signals or abstract unix sockets leaving the sandbox (as far as the kernel's ABI allows)."""
+"""Landlock through raw syscalls: writes only below the scratch directory, reads only of what a
+cell needs, no TCP, no signals or abstract unix sockets leaving the sandbox (as far as the
+kernel's ABI allows)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 SYS_CREATE_RULESET = 444
 SYS_ADD_RULE = 445
@@ -15,6 +19,8 @@ RULE_PATH_BENEATH = 1
 
 EXECUTE = 1 << 0
 WRITE_FILE = 1 << 1
+READ_FILE = 1 << 2
+READ_DIR = 1 << 3
 REMOVE_DIR = 1 << 4
 REMOVE_FILE = 1 << 5
 MAKE_CHAR = 1 << 6
@@ -59,8 +65,8 @@ def abi_version() -> int:
 
 
 def handled_fs(abi: int) -> int:
-    rights = (EXECUTE | WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG
-              | MAKE_SOCK | MAKE_FIFO | MAKE_BLOCK | MAKE_SYM)
+    rights = (EXECUTE | WRITE_FILE | READ_FILE | READ_DIR | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR
+              | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_BLOCK | MAKE_SYM)
     if abi >= 2:
         rights |= REFER
     if abi >= 3:
@@ -70,8 +76,18 @@ def handled_fs(abi: int) -> int:
     return rights
 
 
-def restrict(writable_dirs: list[str], writable_files: list[str]) -> int:
-    """Confine the calling process; returns the ABI used. Raises OSError if Landlock is missing."""
+@dataclass
+class Ruleset:
+    """A ruleset built while the process may still open everything; enforced later."""
+
+    fd: int
+    abi: int
+
+
+def prepare(writable_dirs: list[str], writable_files: list[str], readable_dirs: list[str],
+            readable_files: list[str]) -> Ruleset:
+    """Build the ruleset (every path opened now, e.g. while still root). Raises OSError if
+    Landlock is missing or a writable path cannot be added; unreadable extras are skipped."""
     abi = abi_version()
     if abi < 1:
         raise OSError(errno.EOPNOTSUPP, "Landlock is not available on this kernel")
@@ -87,16 +103,39 @@ def restrict(writable_dirs: list[str], writable_files: list[str]) -> int:
     try:
         for path in writable_dirs:
             _add_rule(libc, ruleset, path, handled & ~EXECUTE)
-        file_rights = handled & (WRITE_FILE | TRUNCATE | IOCTL_DEV)
+        file_rights = handled & (WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV)
         for path in writable_files:
             _add_rule(libc, ruleset, path, file_rights)
+        for path in readable_dirs:
+            with contextlib.suppress(OSError):
+                _add_rule(libc, ruleset, path, READ_FILE | READ_DIR)
+        for path in readable_files:
+            with contextlib.suppress(OSError):
+                _add_rule(libc, ruleset, path, READ_FILE)
+    except BaseException:
+        os.close(ruleset)
+        raise
+    return Ruleset(ruleset, abi)
+
+
+def enforce(ruleset: Ruleset) -> int:
+    """Confine the calling process with a prepared ruleset; returns the ABI used."""
+    libc = _libc()
+    try:
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise _error("PR_SET_NO_NEW_PRIVS")
-        if libc.syscall(SYS_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) != 0:
+        if libc.syscall(SYS_RESTRICT_SELF, ruleset.fd, ctypes.c_uint32(0)) != 0:
             raise _error("landlock_restrict_self")
     finally:
-        os.close(ruleset)
-    return abi
+        os.close(ruleset.fd)
+    return ruleset.abi
+
+
+def restrict(writable_dirs: list[str], writable_files: list[str],
+             readable_dirs: Sequence[str] = (), readable_files: Sequence[str] = ()) -> int:
+    """Prepare and enforce in one go; returns the ABI used."""
+    return enforce(prepare(writable_dirs, writable_files, list(readable_dirs),
+                           list(readable_files)))
 
 
 def _add_rule(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> None:

@@ -1,5 +1,9 @@
 """The trusted manager: spawned once per pool, it owns every session's processes.
 
+This module is its event loop, the pool's requests and opening and closing sessions; the
+channel inbox, the cell lifecycle and process supervision live in ``inbox``, ``lifecycle``
+and ``supervise``, the records they share in ``state``.
+
 It imports the warm modules once and forks one holder per session from itself (never from the
 harness). Each cell runs in place in the holder, whose snapshot (a sleeping fork taken while the
 model generates) replaces it when a cell hits a limit. All decisions are made here, from what the
@@ -17,69 +21,32 @@ import selectors
 import shutil
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import time
+import traceback
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
-from sandbox import confine, outbuf, sweep
+from sandbox import confine, holder, outbuf, sweep
 from sandbox.config import SandboxConfig
-from sandbox.procs import Proc, Timers, cpu_seconds
+from sandbox.inbox import Inbox
+from sandbox.lifecycle import Lifecycle
+from sandbox.procs import Proc, Timers
 from sandbox.protocol import FrameReader, ProtocolError, encode
-
-CHANNEL_LOST = 120
-BOOT_FAILED = 121
-MAX_CODE_BYTES = 1024 * 1024
-PROMOTE_TIMEOUT_S = 10.0
-BOOT_TIMEOUT_S = 30.0
-_CREDS = struct.Struct("3i")
-_ROLLBACK = {"timeout", "memory", "crashed", "exited"}
-_SANDBOX_STATUSES = {"ok", "error", "exited", "memory", "crashed"}
-PR_SET_CHILD_SUBREAPER = 36
-
-
-@dataclass
-class Cell:
-    request_id: object
-    cpu_limit: float
-    wall_limit: float
-    started: float
-    cpu_start: float
-    since_pid: int
-    code: str = ""
-    replay: bool = False  # re-running a logged cell after a rollback: nobody awaits its result
-    kill_reason: str | None = None
+from sandbox.state import (
+    BOOT_FAILED,
+    BOOT_TIMEOUT_S,
+    IDLE_CHECK_S,
+    MAX_CODE_BYTES,
+    PR_SET_CHILD_SUBREAPER,
+    PR_SET_PDEATHSIG,
+    Session,
+)
+from sandbox.supervise import Supervision
 
 
-@dataclass
-class Session:
-    sid: int
-    scratch: str
-    uid: int | None
-    uid_lock: int | None
-    chan: socket.socket
-    out_fd: int
-    out_mem: object
-    owner: sweep.Owner
-    holder: Proc | None = None
-    snapshot: Proc | None = None
-    promoting: Proc | None = None
-    phase: str = "booting"  # booting, idle, running, promoting, closed
-    cell: Cell | None = None
-    queue: deque[dict[str, object]] = field(default_factory=deque)
-    open_request: object = None
-    report: dict[str, str] = field(default_factory=dict)
-    pgid: int = 0
-    log: list[tuple[str, float]] = field(default_factory=list)  # cells since the snapshot
-    snapshot_covers: int | None = None  # log entries the requested snapshot will include
-    replaying: deque[str] = field(default_factory=deque)
-    note: str = ""  # told to the caller with the next result
-    cells_started: int = 0
-
-
-class Manager:
+class Manager(Inbox, Lifecycle, Supervision):
     """Event loop over the pool's requests, the session channels, child exits and timers."""
 
     def __init__(self, config: SandboxConfig, out_fd: int) -> None:
@@ -94,6 +61,10 @@ class Manager:
         self.reader = FrameReader()
         self.next_sid = itertools.count(1)
         self.stopping = False
+        self.pid_limit = sweep.pid_max()
+        import ctypes
+
+        self.libc = ctypes.CDLL(None)
         self.root = os.geteuid() == 0
         self.separate_uid = self.root and config.separate_uid
         os.makedirs(config.scratch_root, mode=0o711, exist_ok=True)
@@ -107,14 +78,39 @@ class Manager:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._on_term)
-        self.selector.register(wake_r, selectors.EVENT_READ, lambda: self._on_wake(wake_r))
-        self.selector.register(0, selectors.EVENT_READ, self._on_stdin)
-        self._send_pool({"op": "hello", "pid": os.getpid(), "root": self.root})
+        self.selector.register(wake_r, selectors.EVENT_READ,
+                               (lambda: self._on_wake(wake_r), None))
+        self.selector.register(0, selectors.EVENT_READ, (self._on_stdin, None))
+        self._send_pool({"op": "hello", "pid": os.getpid(), "root": self.root,
+                         "lock_dir": self.lock_dir if self.separate_uid else None})
         while not self.stopping:
             for key, _mask in self.selector.select(self.timers.timeout()):
-                key.data()
-            self.timers.run_due()
+                callback, session = key.data
+                self._guarded(callback, session)
+            self.timers.run_due(self._guarded)
         self.shutdown()
+
+    def _guarded(self, callback: Callable[[], None], session: Session | None) -> None:
+        """Run one event handler; a failure ends the session it concerns, never the loop."""
+        try:
+            callback()
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            if session is not None and session.phase != "closed":
+                with contextlib.suppress(Exception):
+                    self._abandon(session, "the sandbox lost track of this session")
+
+    def _abandon(self, session: Session, why: str) -> None:
+        """Close a session the manager can no longer run; its waiting callers get ``why``."""
+        waiting = [session.cell.request_id] if session.cell and not session.cell.replay else []
+        waiting += [pending.get("id") for pending in session.queue]
+        if session.phase == "booting":
+            waiting.append(session.open_request)
+        session.cell = None
+        session.queue.clear()
+        self._close_session(session)
+        for request_id in waiting:
+            self._reply(request_id, ok=False, error=why)
 
     def _on_term(self, *_: object) -> None:
         self.stopping = True
@@ -185,6 +181,9 @@ class Manager:
                 raise ValueError(f"unknown op {op!r}")
         except (ValueError, OSError) as exc:
             self._reply(request_id, ok=False, error=str(exc))
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            self._reply(request_id, ok=False, error=f"sandbox manager error: {exc!r}")
 
     def _session(self, message: dict[str, object]) -> Session:
         sid = message.get("session")
@@ -234,11 +233,15 @@ class Manager:
         session.holder = Proc.open(pid)
         self.sessions[sid] = session
         self.by_holder[pid] = session
-        self.selector.register(mine, selectors.EVENT_READ, lambda: self._on_channel(session))
-        self.timers.at(time.monotonic() + BOOT_TIMEOUT_S, lambda: self._boot_timeout(session))
+        self.selector.register(mine, selectors.EVENT_READ,
+                               (lambda: self._on_channel(session), session))
+        self.timers.at(time.monotonic() + BOOT_TIMEOUT_S, lambda: self._boot_timeout(session),
+                       session)
+        self.timers.at(time.monotonic() + IDLE_CHECK_S, lambda: self._patrol(session), session)
 
     def _fork_holder(self, scratch: str, uid: int | None, chan_fd: int, out_fd: int) -> int:
         plan = confine.Plan(scratch, uid, self.config, (chan_fd, out_fd))
+        manager_pid = os.getpid()
         pid = os.fork()
         if pid:
             return pid
@@ -246,9 +249,10 @@ class Manager:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
+            self.libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != manager_pid:  # the manager died while forking
+                os._exit(BOOT_FAILED)
             report = confine.apply(plan)
-            from sandbox import holder
-
             holder.main(chan_fd, out_fd, self.config.max_output_bytes, report)
         finally:
             os._exit(BOOT_FAILED)
@@ -283,6 +287,8 @@ class Manager:
             session.out_mem.close()  # type: ignore[attr-defined]
         os.close(session.out_fd)
         shutil.rmtree(session.scratch, ignore_errors=True)
+        for copy in (".saved", ".next"):
+            shutil.rmtree(session.scratch + copy, ignore_errors=True)
         if session.uid_lock is not None:
             os.close(session.uid_lock)
         self.sessions.pop(session.sid, None)
@@ -290,6 +296,12 @@ class Manager:
     def shutdown(self) -> None:
         for session in list(self.sessions.values()):
             self._close_session(session)
+        prefix = f"s{os.getpid()}-"  # saved copies of scratch included
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.config.scratch_root):
+                if name.startswith(prefix):
+                    shutil.rmtree(os.path.join(self.config.scratch_root, name),
+                                  ignore_errors=True)
         self._reap_all(2.0)
 
     @staticmethod
@@ -303,378 +315,6 @@ class Manager:
                 return
             if pid == 0:
                 time.sleep(0.005)
-
-    # ----- messages from sandboxed processes
-    def _on_channel(self, session: Session) -> None:
-        while session.phase != "closed":
-            try:
-                data, ancdata, _flags, _addr = session.chan.recvmsg(
-                    65536, socket.CMSG_SPACE(_CREDS.size), socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            if not data:
-                return
-            sender = self._sender(ancdata)
-            try:
-                message = json.loads(data)
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if isinstance(message, dict) and sender is not None:
-                self._on_sandbox_message(session, sender, message)
-
-    @staticmethod
-    def _sender(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                return _CREDS.unpack(payload[:_CREDS.size])[0]
-        return None
-
-    def _on_sandbox_message(self, session: Session, sender: int,
-                            message: dict[str, object]) -> None:
-        op = message.get("op")
-        holder = session.holder
-        if op == "boot" and session.phase in ("booting", "rebooting") and holder \
-                and sender == holder.pid:
-            report = message.get("report")
-            session.report = report if isinstance(report, dict) else {}
-            if session.phase == "booting":
-                self._reply(session.open_request, ok=True, session=session.sid,
-                            report=session.report)
-            session.phase = "idle"
-            session.log.clear()
-            self._request_snapshot(session)
-            self._next_cell(session)
-        elif op == "snapshot" and holder and sender == holder.pid \
-                and session.snapshot_covers is not None:
-            self._register_snapshot(session, message.get("pid"))
-        elif op == "result" and session.cell is not None and holder is not None:
-            if sender != holder.pid and not (message.get("shed") is True
-                                             and session.owner(sender)):
-                return
-            if sender != holder.pid:  # the holder forked away stray threads: adopt the copy
-                self._replace_holder(session, Proc.open(sender))
-            status = message.get("status")
-            status = status if status in _SANDBOX_STATUSES else "crashed"
-            note = "[sandbox] background threads were stopped\n" if message.get("shed") else ""
-            self._cell_returned(session, str(status), note)
-        elif op == "ready" and session.promoting and sender == session.promoting.pid:
-            self._replace_holder(session, session.promoting)
-            session.promoting = None
-            session.phase = "idle"
-            session.replaying = deque(code for code, _cpu in session.log)
-            session.log.clear()
-            self._continue_replay(session)
-
-    def _replace_holder(self, session: Session, proc: Proc) -> None:
-        if session.holder is not None:
-            self.by_holder.pop(session.holder.pid, None)
-            session.holder.close()
-        session.holder = proc
-        self.by_holder[proc.pid] = session
-        self.known_pids.append(proc.pid)
-        if proc.pid in self.exits:  # it died before we adopted it
-            self._on_holder_exit(session, proc.pid)
-
-    def _register_snapshot(self, session: Session, pid: object) -> None:
-        covers, session.snapshot_covers = session.snapshot_covers, None
-        if not isinstance(pid, int) or pid <= 1 or session.holder is None:
-            return
-        try:
-            proc = Proc.open(pid)
-        except OSError:
-            return
-        if not session.owner(pid) or pid == session.holder.pid:
-            proc.close()
-            return
-        if session.snapshot is not None:
-            session.snapshot.kill()
-            session.snapshot.close()
-        session.snapshot = proc
-        self.known_pids.append(pid)
-        del session.log[:covers or 0]
-
-    def _request_snapshot(self, session: Session) -> None:
-        """Fork a snapshot of the holder now (it includes every cell logged so far)."""
-        if session.snapshot_covers is not None:
-            return
-        if self._send_session(session, b"S"):
-            session.snapshot_covers = len(session.log)
-
-    def _snapshot_when_idle(self, session: Session) -> None:
-        """Snapshot once the session has been idle a moment: the model is generating."""
-        if self.config.max_replay_cells <= 0:
-            self._request_snapshot(session)
-            return
-        logged = len(session.log)
-
-        def fire() -> None:
-            if session.phase == "idle" and session.log and len(session.log) == logged:
-                self._request_snapshot(session)
-
-        self.timers.at(time.monotonic() + self.config.snapshot_idle_ms / 1000, fire)
-
-    def _snapshot_due(self, session: Session) -> bool:
-        """Whether replaying the cells since the snapshot would cost too much."""
-        pending = session.log[session.snapshot_covers or 0:]
-        return (len(pending) >= self.config.max_replay_cells
-                or sum(cpu for _code, cpu in pending) >= self.config.max_replay_cpu_s)
-
-    def _continue_replay(self, session: Session) -> None:
-        """After a rollback, re-run the cells the woken snapshot had not seen yet."""
-        if session.replaying:
-            self._start_cell(session, session.replaying.popleft(), None, self.config.cpu_time_s,
-                             replay=True)
-            return
-        self._request_snapshot(session)
-        self._next_cell(session)
-
-    def _send_session(self, session: Session, message: bytes) -> bool:
-        try:
-            session.chan.send(message, socket.MSG_DONTWAIT)
-        except OSError:
-            return False
-        return True
-
-    # ----- cells
-    def _next_cell(self, session: Session) -> None:
-        if session.phase != "idle" or not session.queue:
-            return
-        request = session.queue.popleft()
-        code = request.get("code")
-        if not isinstance(code, str) or len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
-            self._reply(request.get("id"), ok=False, error="code must be a string under 1 MiB")
-            self._next_cell(session)
-            return
-        timeout = request.get("timeout")
-        cpu_limit = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 \
-            else self.config.cpu_time_s
-        if self._snapshot_due(session):
-            self._request_snapshot(session)  # the holder forks it before running this cell
-        self._start_cell(session, code, request.get("id"), cpu_limit)
-
-    def _start_cell(self, session: Session, code: str, request_id: object, cpu_limit: float,
-                    replay: bool = False) -> None:
-        ratio = self.config.wall_time_s / self.config.cpu_time_s
-        wall_limit = max(self.config.wall_time_s, cpu_limit * ratio)
-        assert session.holder is not None
-        holder_pid = session.holder.pid
-        try:
-            cpu_start = cpu_seconds(holder_pid)
-        except OSError:
-            cpu_start = 0.0
-        now = time.monotonic()
-        cell = Cell(request_id, cpu_limit, wall_limit, now, cpu_start, sweep.last_pid(), code,
-                    replay)
-        session.cell = cell
-        session.cells_started += 1
-        session.phase = "running"
-        if not self._send_session(session, b"R" + code.encode("utf-8", "surrogatepass")):
-            self._kill_cell(session, cell, "crashed")
-            return
-        self.timers.at(now + cpu_limit, lambda: self._check_cpu(session, cell))
-        self.timers.at(now + wall_limit, lambda: self._kill_cell(session, cell, "wall"))
-
-    def _check_cpu(self, session: Session, cell: Cell) -> None:
-        if session.cell is not cell or session.holder is None:
-            return
-        try:
-            used = cpu_seconds(session.holder.pid) - cell.cpu_start
-        except OSError:
-            return
-        if used >= cell.cpu_limit:
-            self._kill_cell(session, cell, "cpu")
-        else:
-            self.timers.at(time.monotonic() + cell.cpu_limit - used + 0.002,
-                           lambda: self._check_cpu(session, cell))
-
-    def _kill_cell(self, session: Session, cell: Cell, reason: str) -> None:
-        if session.cell is not cell or session.holder is None:
-            return
-        cell.kill_reason = reason
-        session.holder.kill()  # the exit arrives through SIGCHLD and finishes the cell
-
-    def _cell_returned(self, session: Session, status: str, note: str) -> None:
-        """The holder reported the end of a cell; roll back if the cell hit a limit."""
-        cell = session.cell
-        assert cell is not None and session.holder is not None
-        if status in _ROLLBACK:
-            holder = session.holder
-            self.by_holder.pop(holder.pid, None)
-            holder.kill()
-            holder.close()
-            session.holder = None
-            self._finish_cell(session, status, note)
-            if cell.replay:
-                self._replay_failed(session)
-            else:
-                self._promote(session)
-            return
-        try:
-            cpu = cpu_seconds(session.holder.pid) - cell.cpu_start
-        except OSError:
-            cpu = cell.cpu_limit
-        session.log.append((cell.code, cpu))
-        holder_pid, started = session.holder.pid, session.cells_started
-        self.timers.at(time.monotonic() + self.config.wall_time_s,
-                       lambda: self._watch_idle(session, holder_pid, started,
-                                                cell.cpu_start + cpu))
-        self._finish_cell(session, status, note)
-        session.phase = "idle"
-        if cell.replay:
-            self._continue_replay(session)
-            return
-        self._snapshot_when_idle(session)
-        self._next_cell(session)
-
-    def _watch_idle(self, session: Session, pid: int, started: int, cpu_then: float) -> None:
-        """A holder burning CPU between cells (a cell forged its own result): roll it back."""
-        holder = session.holder
-        if holder is None or holder.pid != pid or session.phase != "idle" \
-                or session.cells_started != started:
-            return
-        try:
-            used = cpu_seconds(pid) - cpu_then
-        except OSError:
-            return
-        if used > self.config.cpu_time_s:
-            session.note += "[sandbox] the previous cell kept running after it returned; " \
-                            "state rolled back\n"
-            holder.kill()
-
-    def _replay_failed(self, session: Session) -> None:
-        """A replayed cell behaved differently this time: start over with empty state."""
-        session.replaying.clear()
-        session.note += "[sandbox] the session's state could not be restored and was reset\n"
-        self._respawn(session)
-
-    def _on_holder_exit(self, session: Session, pid: int) -> None:
-        promoting = session.promoting
-        if promoting is not None and promoting.pid == pid:  # the snapshot died on waking
-            self.exits.pop(pid, None)
-            self.by_holder.pop(pid, None)
-            promoting.close()
-            session.promoting = None
-            self._respawn(session)
-            return
-        if session.holder is None or session.holder.pid != pid:
-            return
-        self._on_channel(session)  # a result sent just before the exit still counts
-        if session.holder is None or session.holder.pid != pid:
-            return
-        status_word, cpu = self.exits.pop(pid, (0, 0.0))
-        holder = session.holder
-        self.by_holder.pop(pid, None)
-        holder.close()
-        session.holder = None
-        cell = session.cell
-        if cell is not None:
-            status, note = self._classify_exit(cell, status_word, cpu)
-            self._finish_cell(session, status, note)
-            if cell.replay:
-                self._replay_failed(session)
-                return
-        if session.phase != "closed":
-            self._promote(session)
-
-    def _classify_exit(self, cell: Cell, status_word: int, cpu: float) -> tuple[str, str]:
-        cpu_used = cpu - cell.cpu_start
-        if cell.kill_reason == "cpu" or (os.WIFSIGNALED(status_word) and os.WTERMSIG(
-                status_word) in (signal.SIGKILL, signal.SIGXCPU) and cpu_used >= cell.cpu_limit):
-            return "timeout", (f"\n[sandbox] TimeoutError: the cell used more than its "
-                               f"{cell.cpu_limit:g} s CPU limit; state rolled back\n")
-        if cell.kill_reason == "wall":
-            return "timeout", (f"\n[sandbox] TimeoutError: the cell ran past its "
-                               f"{cell.wall_limit:g} s wall-clock limit; state rolled back\n")
-        if os.WIFEXITED(status_word):
-            code = os.WEXITSTATUS(status_word)
-            if code == CHANNEL_LOST:
-                return "crashed", ("\n[sandbox] the cell closed the sandbox's file descriptors; "
-                                   "state rolled back\n")
-            if code == BOOT_FAILED:
-                return "crashed", ("\n[sandbox] the cell broke the sandbox's own code; "
-                                   "state rolled back\n")
-            return "exited", f"\n[sandbox] the cell exited with code {code}; state rolled back\n"
-        if os.WIFSIGNALED(status_word):
-            name = signal.Signals(os.WTERMSIG(status_word)).name
-            return "crashed", f"\n[sandbox] the cell was killed by {name}; state rolled back\n"
-        return "crashed", "\n[sandbox] the cell's process vanished; state rolled back\n"
-
-    def _finish_cell(self, session: Session, status: str, note: str) -> None:
-        cell = session.cell
-        if cell is None:
-            return
-        session.cell = None
-        if cell.replay:
-            self._sweep_after(session, cell)
-            return
-        elapsed = time.monotonic() - cell.started
-        self._sweep_after(session, cell)
-        cap = self.config.max_output_bytes
-        stdout, out_cut = outbuf.read_stream(session.out_mem, 0, cap)  # type: ignore[arg-type]
-        stderr, err_cut = outbuf.read_stream(session.out_mem, 1, cap)  # type: ignore[arg-type]
-        if status == "exited" and not note:
-            note = "[sandbox] the cell called sys.exit; state rolled back\n"
-        if status in _ROLLBACK and session.snapshot is None:
-            note += "[sandbox] no snapshot to roll back to: the session restarts empty\n"
-        note, session.note = note + session.note, ""
-        if note:
-            stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + note.lstrip("\n")
-        result = {"status": status, "stdout": stdout, "stderr": stderr,
-                  "elapsed_s": round(elapsed, 6), "truncated": out_cut or err_cut}
-        self._reply(cell.request_id, ok=True, result=result)
-
-    def _sweep_after(self, session: Session, cell: Cell) -> None:
-        """Kill what the cell left running; skipped when no unknown pid was allocated since."""
-        if sweep.window_explained(cell.since_pid, sweep.last_pid(), set(self.known_pids)):
-            return
-        keep = [proc.pid for proc in (session.holder, session.snapshot) if proc is not None]
-        sweep.kill_strays(session.owner, keep, cell.since_pid)
-
-    def _promote(self, session: Session) -> None:
-        """Wake the snapshot: it becomes the holder with the state from before the cell."""
-        snapshot = session.snapshot
-        session.snapshot = None
-        session.snapshot_covers = None
-        if snapshot is None:
-            self._respawn(session)
-            return
-        session.phase = "promoting"
-        session.promoting = snapshot
-        self.by_holder[snapshot.pid] = session
-        snapshot.kill(signal.SIGUSR1)
-        self.timers.at(time.monotonic() + PROMOTE_TIMEOUT_S,
-                       lambda: self._promote_timeout(session, snapshot))
-
-    def _promote_timeout(self, session: Session, snapshot: Proc) -> None:
-        if session.promoting is snapshot:
-            snapshot.kill()
-            snapshot.close()
-            self.by_holder.pop(snapshot.pid, None)
-            session.promoting = None
-            self._respawn(session)
-
-    def _respawn(self, session: Session) -> None:
-        """No snapshot to fall back on: start a fresh holder (the session's state is lost)."""
-        sweep.kill_strays(session.owner, ())
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        pid = self._fork_holder(session.scratch, session.uid, theirs.fileno(), session.out_fd)
-        theirs.close()
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(session.chan)
-        session.chan.close()
-        session.chan = mine
-        self.selector.register(mine, selectors.EVENT_READ, lambda: self._on_channel(session))
-        if session.uid is None:
-            session.owner = sweep.pgid_owner(pid)
-        session.holder = Proc.open(pid)
-        self.by_holder[pid] = session
-        session.snapshot_covers = None
-        session.log.clear()
-        session.phase = "rebooting"
-        session.open_request = None
 
 
 

@@ -1,7 +1,9 @@
 """The caller's side: ``SandboxPool`` spawns the manager once and hands out async sessions.
 
 Replies are read by the event loop itself (no thread hop on the hot path); the pool follows the
-loop of its latest call, so one pool can serve several ``asyncio.run`` calls in turn.
+loop of its latest call, so one pool can serve several ``asyncio.run`` calls in turn. If the
+manager dies, the sessions of that moment fail and the next ``open_session`` starts a new one,
+after the dead manager's processes and scratch directories are cleaned up.
 """
 
 from __future__ import annotations
@@ -10,15 +12,21 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
 from types import TracebackType
 
+from sandbox import sweep
 from sandbox.api import ExecResult
 from sandbox.config import SandboxConfig
 from sandbox.protocol import FrameReader, ProtocolError, encode, read_frame_blocking
+
+log = logging.getLogger("sandbox")
+MAX_RESTARTS = 8  # a manager that keeps dying is broken, not unlucky
+_STATUSES = {"ok", "error", "timeout", "memory", "crashed", "exited"}
 
 
 class SandboxError(RuntimeError):
@@ -37,31 +45,42 @@ def manager_env() -> dict[str, str]:
 class SandboxSession:
     """One solution stream's state; cells run one at a time, in call order."""
 
-    def __init__(self, pool: SandboxPool, sid: int, report: dict[str, str]) -> None:
+    def __init__(self, pool: SandboxPool, sid: int, report: dict[str, str],
+                 generation: int) -> None:
         self._pool = pool
         self.sid = sid
         self.protections = report
+        self.generation = generation  # which manager of the pool holds this session
         self._lock = asyncio.Lock()
         self._closed = False
 
-    async def run(self, code: str, timeout: float | None = None) -> ExecResult:
+    def _check_alive(self) -> None:
         if self._closed:
             raise SandboxError("session is closed")
+        if self.generation != self._pool.generation:
+            raise SandboxError("the sandbox manager was restarted: this session's state is gone")
+
+    async def run(self, code: str, timeout: float | None = None) -> ExecResult:
+        self._check_alive()
         async with self._lock:
+            self._check_alive()
             reply = await self._pool.request({"op": "run", "session": self.sid, "code": code,
                                               "timeout": timeout})
-        result = reply["result"]
-        if not isinstance(result, dict):
-            raise SandboxError("malformed result from the sandbox manager")
-        return ExecResult(status=result["status"], stdout=result["stdout"],
-                          stderr=result["stderr"], elapsed_s=float(result["elapsed_s"]),
-                          truncated=bool(result["truncated"]))
+        result = reply.get("result")
+        try:
+            assert isinstance(result, dict) and result["status"] in _STATUSES
+            return ExecResult(status=result["status"], stdout=str(result["stdout"]),
+                              stderr=str(result["stderr"]),
+                              elapsed_s=float(result["elapsed_s"]),
+                              truncated=bool(result["truncated"]))
+        except (AssertionError, KeyError, TypeError, ValueError):
+            raise SandboxError("malformed result from the sandbox manager") from None
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._pool.running:
+        if self._pool.running and self.generation == self._pool.generation:
             await self._pool.request({"op": "close", "session": self.sid})
 
 
@@ -78,6 +97,11 @@ class SandboxPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._frames = FrameReader()
         self._failure: str | None = None
+        self._closed = False  # closed by the caller: never restarted
+        self._lock_dir: str | None = None  # where the manager's uid locks live (root only)
+        self._pgids: set[int] = set()  # process groups of the live manager's sessions
+        self.generation = 0
+        self.restarts = 0
         self.manager_pid: int | None = None
 
     @property
@@ -96,24 +120,63 @@ class SandboxPool:
         await asyncio.to_thread(self.start_sync)
 
     def start_sync(self) -> None:
-        """Spawn the manager and wait for its hello (it imports the warm modules first)."""
+        """Spawn the manager (again, if it died) and wait for its hello."""
         with self._start_lock:
+            if self._closed:
+                raise SandboxError("the sandbox pool is closed")
             if self._proc is not None:
-                if self._failure:
-                    raise SandboxError(self._failure)
-                return
-            config_json = json.dumps(self.config.to_json())
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "sandbox.manager", config_json],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=manager_env(),
-                cwd="/", close_fds=True)
-            assert self._proc.stdout is not None
-            hello = read_frame_blocking(self._proc.stdout.fileno())
-            if hello is None or hello.get("op") != "hello":
-                self._failure = "the sandbox manager failed to start"
-                raise SandboxError(self._failure)
-            self.manager_pid = int(hello["pid"])  # type: ignore[arg-type]
-            os.set_blocking(self._proc.stdout.fileno(), False)
+                if self._proc.poll() is None and self._failure is None:
+                    return
+                if self.restarts >= MAX_RESTARTS:
+                    raise SandboxError(f"the sandbox manager died {self.restarts + 1} times; "
+                                       "not restarting it again")
+                self._bury()
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """Start a manager; its hello comes once it imported the warm modules."""
+        config_json = json.dumps(self.config.to_json())
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox.manager", config_json],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=manager_env(),
+            cwd="/", close_fds=True)
+        assert self._proc.stdout is not None
+        hello = read_frame_blocking(self._proc.stdout.fileno())
+        if hello is None or hello.get("op") != "hello":
+            self._failure = "the sandbox manager failed to start"
+            raise SandboxError(self._failure)
+        self.manager_pid = int(hello["pid"])  # type: ignore[arg-type]
+        lock_dir = hello.get("lock_dir")
+        self._lock_dir = lock_dir if isinstance(lock_dir, str) else None
+        self.generation += 1
+        os.set_blocking(self._proc.stdout.fileno(), False)
+
+    def _bury(self) -> None:
+        """The manager died (or broke its protocol): fail what waited on it, kill what it left
+        running, remove its scratch directories, and log it. Called with the start lock held."""
+        proc, pid = self._proc, self.manager_pid
+        assert proc is not None and proc.stdout is not None and proc.stdin is not None
+        if proc.poll() is None:
+            proc.kill()
+        returncode = proc.wait()
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(proc.stdout.fileno())
+        self._fail_pending("the sandbox manager exited")
+        self._loop = None
+        for stream in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+        killed, removed = sweep.bury_manager(pid, self.config.scratch_root, self._lock_dir,
+                                             sorted(self._pgids))
+        log.warning("the sandbox manager (pid %s) exited with status %s; restarting it "
+                    "(killed %d left-over processes, removed %d scratch directories)",
+                    pid, returncode, killed, removed)
+        self._pgids.clear()
+        self._frames = FrameReader()
+        self._failure = None
+        self._proc = None
+        self.restarts += 1
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read replies on ``loop``; requests still waiting on an earlier loop fail."""
@@ -164,6 +227,8 @@ class SandboxPool:
         return request_id
 
     async def request(self, message: dict[str, object]) -> dict[str, object]:
+        if self._proc is None:
+            await self.start()
         if not self.running:
             raise SandboxError(self._failure or "the sandbox manager is not running")
         loop = asyncio.get_running_loop()
@@ -180,8 +245,11 @@ class SandboxPool:
         await self.start()
         reply = await self.request({"op": "open"})
         report = reply.get("report")
+        pgid = reply.get("pgid")
+        if isinstance(pgid, int) and pgid > 1:
+            self._pgids.add(pgid)
         return SandboxSession(self, int(reply["session"]),  # type: ignore[arg-type]
-                              report if isinstance(report, dict) else {})
+                              report if isinstance(report, dict) else {}, self.generation)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.close_sync)
@@ -189,8 +257,12 @@ class SandboxPool:
     def close_sync(self, timeout: float = 10.0) -> None:
         """Stop the manager; it kills every session's processes and removes their scratch."""
         with self._start_lock:
+            self._closed = True
             proc = self._proc
             if proc is None or proc.poll() is not None:
+                if proc is not None and self.manager_pid is not None:  # died: clean up after it
+                    sweep.bury_manager(self.manager_pid, self.config.scratch_root,
+                                       self._lock_dir, sorted(self._pgids))
                 return
             with contextlib.suppress(SandboxError):
                 self._write({"op": "shutdown"})

@@ -21,22 +21,27 @@ class Timers:
     """A heap of callbacks keyed by monotonic deadline."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._heap: list[tuple[float, int, Callable[[], None], object]] = []
         self._seq = itertools.count()
 
-    def at(self, when: float, callback: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), callback))
+    def at(self, when: float, callback: Callable[[], None], tag: object = None) -> None:
+        """Call ``callback`` at ``when``; ``tag`` (a session) is handed to the guard with it."""
+        heapq.heappush(self._heap, (when, next(self._seq), callback, tag))
 
     def timeout(self) -> float | None:
         if not self._heap:
             return None
         return max(0.0, self._heap[0][0] - time.monotonic())
 
-    def run_due(self) -> None:
+    def run_due(self, guard: Callable[[Callable[[], None], object], None] | None = None) -> None:
+        """Run the due callbacks, each through ``guard(callback, tag)`` when one is given."""
         now = time.monotonic()
         while self._heap and self._heap[0][0] <= now:
-            _when, _seq, callback = heapq.heappop(self._heap)
-            callback()
+            _when, _seq, callback, tag = heapq.heappop(self._heap)
+            if guard is None:
+                callback()
+            else:
+                guard(callback, tag)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """A seccomp filter the sandboxed process installs on itself: a hand-assembled classic BPF program.
 
 It denies running programs, internet sockets, leaving the process group, signalling anyone,
-tracing, namespaces and kernel-administration calls. Everything else is allowed: the filter is a
+tracing, namespaces, SysV IPC, POSIX message queues, memfds, fallocate and
+kernel-administration calls. Everything else is allowed: the filter is a
 second wall behind the separate uid and Landlock, not the only one.
 """
 
@@ -51,7 +52,16 @@ X86_64_DENY = {
     "open_by_handle_at": 304, "name_to_handle_at": 303, "fanotify_init": 300,
     "lookup_dcookie": 212, "mount_setattr": 442, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
     "fspick": 433, "move_mount": 429, "open_tree": 428, "vhangup": 153, "uselib": 134,
+    # SysV IPC and POSIX message queues outlive the process and cross uids; memfds hold memory
+    # outside the address-space limit.
+    "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65,
+    "semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
+    "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243,
+    "mq_notify": 244, "mq_getsetattr": 245, "memfd_create": 319, "memfd_secret": 447,
 }
+# fallocate reserves disk blocks past the file-size limit (FALLOC_FL_KEEP_SIZE): refused as
+# unsupported, glibc's posix_fallocate then writes the blocks itself, within the limit.
+X86_64_FALLOCATE = 285
 X86_64_SOCKET = 41
 X86_64_CLONE = 56
 X86_64_CLONE3 = 435
@@ -117,6 +127,7 @@ def x86_64_program() -> bytes:
         Insn(_JEQ, "enosys", 0, X86_64_CLONE3),  # libc falls back to clone(), whose flags we see
         Insn(_JEQ, "prctl", 0, X86_64_PRCTL),
         Insn(_JEQ, "ioctl", 0, X86_64_IOCTL),
+        Insn(_JEQ, "eopnotsupp", 0, X86_64_FALLOCATE),
         _ret(RET_ALLOW),
         "socket", _ld(_arg_low(0)), Insn(_JEQ, "allow", "eacces", AF_UNIX),
         "clone", _ld(_arg_low(0)), Insn(_JSET, "deny", "allow", CLONE_NAMESPACES),
@@ -127,6 +138,7 @@ def x86_64_program() -> bytes:
         "deny", _ret(deny_errno),
         "eacces", _ret(RET_ERRNO | errno.EACCES),
         "enosys", _ret(RET_ERRNO | errno.ENOSYS),
+        "eopnotsupp", _ret(RET_ERRNO | errno.EOPNOTSUPP),
         "kill", _ret(RET_KILL_PROCESS),
     ]
     return assemble(items)

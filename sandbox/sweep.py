@@ -144,3 +144,71 @@ def _kill_if_owned(pid: int, owner: Owner) -> int | None:
     with contextlib.suppress(OSError):
         signal.pidfd_send_signal(handle, signal.SIGKILL)
     return handle
+
+
+def bury_manager(manager_pid: int | None, scratch_root: str, lock_dir: str | None,
+                 pgids: Iterable[int]) -> tuple[int, int]:
+    """Clean up after a manager that died: kill its sessions' processes and remove their
+    scratch directories. A session's uid is read from its scratch directory's owner and swept
+    only while this process holds that uid's lock (a uid someone else took is theirs now).
+    Returns (processes killed, directories removed)."""
+    import fcntl
+    import shutil
+
+    killed = removed = 0
+    prefix = f"s{manager_pid}-"
+    try:
+        names = [name for name in os.listdir(scratch_root) if name.startswith(prefix)]
+    except OSError:
+        names = []
+    if manager_pid is None:
+        names = []
+    mine = os.geteuid()
+    uids = set()
+    for name in names:
+        with contextlib.suppress(OSError):
+            uid = os.stat(os.path.join(scratch_root, name)).st_uid
+            if uid != mine:
+                uids.add(uid)
+    for uid in sorted(uids):
+        if lock_dir is None:
+            continue
+        try:
+            fd = os.open(os.path.join(lock_dir, str(uid)), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            killed += kill_strays(uid_owner(uid), (), wait_s=2.0)
+        finally:
+            os.close(fd)  # releases the lock
+    for pgid in pgids:
+        killed += kill_strays(pgid_owner(pgid), (), wait_s=2.0)
+    for name in names:
+        shutil.rmtree(os.path.join(scratch_root, name), ignore_errors=True)
+        removed += not os.path.exists(os.path.join(scratch_root, name))
+    return killed, removed
+
+
+def disk_usage(root: str, max_entries: int) -> tuple[int, int]:
+    """Bytes allocated below ``root`` and the number of entries, counting stops past
+    ``max_entries`` (a directory of a million empty files is over quota, not slow to check)."""
+    used = entries = 0
+    stack = [root]
+    while stack and entries <= max_entries:
+        try:
+            with os.scandir(stack.pop()) as listing:
+                for entry in listing:
+                    entries += 1
+                    with contextlib.suppress(OSError):
+                        info = entry.stat(follow_symlinks=False)
+                        used += info.st_blocks * 512
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+        except OSError:
+            continue
+    return used, entries

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandbox import outbuf, seccomp, sweep
+from sandbox import channel, outbuf, seccomp, sweep
 from sandbox.config import SandboxConfig
 from sandbox.protocol import FrameReader, ProtocolError, encode
 
@@ -120,3 +120,34 @@ def test_config_round_trips_and_validates() -> None:
         SandboxConfig(cpu_time_s=0).validate()
     with pytest.raises(ValueError):
         SandboxConfig(memory_mb=1).validate()
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"[" * 60000, "over"),
+    (b"[" * 3000, "nested"),
+    (b'{"op":"result","status":[]}', "unknown status"),
+    (b'{"op":"result","status":"fine"}', "unknown status"),
+    (b'{"op":"result","status":"ok","exit_code":1e999}', "exit code"),
+    (b'{"op":"result","status":"ok","exit_code":true}', "exit code"),
+    (b'{"op":"snapshot","pid":1180591620717411303424}', "pid out of range"),
+    (b'{"op":"snapshot","pid":-5}', "pid out of range"),
+    (b'{"op":"snapshot","pid":"7"}', "pid out of range"),
+    (b'{"op":"ready","extra":1}', "unexpected fields"),
+    (b'{"op":"boot","report":{"a":1}}', "bad entry"),
+    (b'{"op":"exec"}', "unknown op"),
+    (b"\xff\xfe", "not JSON"),
+    (b"", "empty"),
+    (b"7", "not a JSON object"),
+])
+def test_channel_rejects_hostile_messages(data: bytes, reason: str) -> None:
+    with pytest.raises(channel.BadMessage, match=reason):
+        channel.parse(data, pid_limit=4_194_304)
+
+
+def test_channel_accepts_what_the_holder_sends() -> None:
+    result = channel.parse(b'{"op":"result","status":"exited","exit_code":3,"shed":false}', 99)
+    assert result == channel.CellResult("exited", 3, False)
+    assert channel.parse(b'{"op":"snapshot","pid":0}', 99) == channel.SnapshotTaken(0)
+    assert channel.parse(b'{"op":"ready"}', 99) == channel.Ready()
+    boot = channel.parse(b'{"op":"boot","report":{"uid":"on (uid 7)"}}', 99)
+    assert boot == channel.Boot({"uid": "on (uid 7)"})
