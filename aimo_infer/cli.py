@@ -39,6 +39,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         "agree4, all) or rules like 'agree=4of5,quorum=10'")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="tokens per stream")
     parser.add_argument("--seed", type=int, help="run seed (stream seeds derive from it)")
+    parser.add_argument("--select", help="answer selection: majority (default), entropy, "
+                        "vote-then-confidence, deepconf (confidence rules ask for logprobs)")
+    parser.add_argument("--logprobs", type=int, metavar="K", help="top-K token logprobs per "
+                        "token: confidence in records and traces (0: off, the default)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -64,6 +68,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.solve.sampling.max_tokens = args.max_tokens
     if args.seed is not None:
         cfg.solve.run_seed = args.seed
+    if args.select is not None:
+        from aimo_infer.solve.vote import SELECT_RULES
+
+        if args.select not in SELECT_RULES:
+            raise ConfigError(f"--select must be one of {', '.join(SELECT_RULES)}")
+        cfg.solve.select = args.select
+    if args.logprobs is not None:
+        if args.logprobs < 0:
+            raise ConfigError("--logprobs must be >= 0")
+        cfg.solve.confidence.logprobs = args.logprobs
     return cfg
 
 

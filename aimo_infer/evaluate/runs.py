@@ -21,7 +21,8 @@ CONFIG = "config.json"
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 
-# Stream ends whose answer votes (as in the controller); "cancelled" streams do not vote.
+# Stream ends whose answer votes (as in the controller); "cancelled" and "low_confidence"
+# streams do not vote.
 VOTING_ENDS = frozenset({"stop", "length", "code_limit", "deadline", "error"})
 
 
@@ -40,6 +41,8 @@ class StreamRecord:
     start_s: float
     finish_s: float
     error: str | None = None
+    confidence: dict[str, Any] | None = None  # ConfidenceSummary record (logprobs on)
+    end_detail: str | None = None  # why it ended, where ``end`` alone does not say
 
     @property
     def votes(self) -> bool:

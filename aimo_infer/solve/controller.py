@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aimo_infer.backends.base import Engine, GenerationRequest
+from aimo_infer.backends.base import Engine, GenerationRequest, TokenLogprob, logprobs_to_json
 from aimo_infer.config import Config
 from aimo_infer.solve.answer import extract_answer
+from aimo_infer.solve.confidence import ConfidenceSummary, StreamConfidence
 from aimo_infer.solve.policies import StopPolicy, parse_policy
 from aimo_infer.solve.prompts import load_profile, render_prompt
+from aimo_infer.solve.select import ConfidencePlan, OnlineStop
 from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
 from aimo_infer.solve.tir import (
     CodeBlockWatcher,
@@ -25,7 +27,7 @@ from aimo_infer.solve.tir import (
     execution_feedback,
     format_output,
 )
-from aimo_infer.solve.vote import Answer, VoteResult, majority_vote
+from aimo_infer.solve.vote import Answer, Ballot, VoteResult, select
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner, Session
 
@@ -100,6 +102,8 @@ class Controller:
         self.clock = clock
         self.profile = load_profile(config.solve.prompt)
         self.policy: StopPolicy = parse_policy(config.solve.stop_policy)
+        self.confidence = ConfidencePlan.from_config(config.solve)
+        self._online: dict[str, OnlineStop] = {}  # per problem being solved
         if self.profile.tool_format.open and runner is None:
             raise ValueError(f"prompt profile {self.profile.name!r} runs code: a sandbox is needed")
 
@@ -130,6 +134,7 @@ class Controller:
         tasks = {
             asyncio.create_task(self._run_stream(problem_id, s, prompt)): s for s in streams
         }
+        self._online[problem_id] = OnlineStop(self.confidence.stop)
         finished: list[Stream] = []
         stop_reason = "all finished"
         pending = set(tasks)
@@ -152,17 +157,21 @@ class Controller:
                 pending -= expired
                 finished.extend(tasks[t] for t in expired)
             answers = [s.answer for s in finished if s.end in _VOTING_ENDS]
-            reason = self.policy.fired(answers, cfg.num_streams)
+            dropped = sum(s.end == "low_confidence" for s in finished)  # can no longer vote
+            reason = self.policy.fired(answers, cfg.num_streams - dropped)
             if reason is not None and pending:
                 stop_reason = reason
                 await self._stop(pending, tasks, "cancelled")
                 finished.extend(tasks[t] for t in pending)
                 break
-        vote = majority_vote([s.answer for s in finished if s.end in _VOTING_ENDS])
+        self._online.pop(problem_id, None)
+        vote = select([_ballot(s) for s in finished if s.end in _VOTING_ENDS],
+                      self.confidence.select)
         result = ProblemResult(problem_id, vote.answer, vote, stop_reason, streams,
                                self.clock() - started, prompt)
         self._trace("problem_end", problem_id=problem_id, answer=vote.answer,
-                    votes=[[a, c] for a, c in vote.counts], stop_reason=stop_reason,
+                    votes=[[a, c] for a, c in vote.counts], select=vote.rule,
+                    scores=[[a, w] for a, w in vote.scores], stop_reason=stop_reason,
                     elapsed_s=result.elapsed_s, total_tokens=result.total_tokens)
         return result
 
@@ -218,12 +227,37 @@ class Controller:
             stream.status = StreamStatus.FINISHED
             stream.finished_at = self.clock()
             stream.answer = extract_answer(stream.text, self.config.solve.profile)
+            self._stream_finished(problem_id, stream)
             for session in sessions:
                 await asyncio.shield(self._close_session(session))
             self._trace("stream_end", problem_id=problem_id, stream=stream.index,
                         seed=stream.seed, end=stream.end, answer=stream.answer,
                         tokens=stream.tokens, code_calls=stream.num_code_calls,
-                        elapsed_s=stream.elapsed_s, error=stream.error)
+                        elapsed_s=stream.elapsed_s, error=stream.error,
+                        end_detail=stream.end_detail, confidence=stream.confidence)
+
+    def _low_confidence(
+        self, problem_id: str, stream: Stream, tracker: StreamConfidence,
+        entries: tuple[TokenLogprob, ...],
+    ) -> bool:
+        """Feed new tokens to the stream's confidence; True when the online stop ends it now."""
+        online = self._online.get(problem_id)
+        stopped = False
+        for entry in entries:
+            tracker.add(entry)
+            if stream.end is None and online is not None and online.rule is not None:
+                why = online.check(tracker)
+                if why is not None:
+                    stream.end, stream.end_detail = "low_confidence", why
+                    stopped = True
+        return stopped
+
+    def _stream_finished(self, problem_id: str, stream: Stream) -> None:
+        """A finished stream's confidence joins its problem's online-stop warmup."""
+        online = self._online.get(problem_id)
+        if online is not None and stream.confidence is not None:
+            online.finished(ConfidenceSummary.from_record(stream.confidence),
+                            stream.end in _VOTING_ENDS)
 
     async def _close_session(self, session: Session) -> None:
         try:
@@ -238,6 +272,7 @@ class Controller:
         sampling, tir = cfg.sampling, cfg.tir
         fmt = self.profile.tool_format
         engine = self.engine
+        tracker = self.confidence.tracker()  # across segments: generated tokens only
         while stream.end is None:
             remaining = sampling.max_tokens - stream.tokens
             if remaining <= 0:
@@ -250,6 +285,7 @@ class Controller:
                 prompt=prompt + stream.text, seed=stream.seed,
                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                 min_p=sampling.min_p, stop=fmt.stop, max_tokens=remaining,
+                logprobs=self.confidence.logprobs,
             )
             stream.request_id = request.request_id
             stream.segments += 1
@@ -257,7 +293,14 @@ class Controller:
             text, tokens = stream.text, 0
             block = None
             finish, error = "error", None
+            logprobs: list[TokenLogprob] = []
             async for delta in engine.generate(request):
+                if tracker is not None and delta.logprobs:
+                    logprobs.extend(delta.logprobs)
+                    if self._low_confidence(problem_id, stream, tracker, delta.logprobs) and (
+                        delta.finish_reason is None
+                    ):
+                        await engine.cancel(request.request_id)
                 if delta.text and block is None:
                     text += delta.text
                     tokens += delta.num_tokens
@@ -272,9 +315,12 @@ class Controller:
                 stream.first_token_at = self.clock()
             stream.tokens += tokens
             stream.text = text if block is None else text[: block.end]
+            if tracker is not None:
+                stream.confidence = tracker.summary().to_record()
             self._trace("segment", problem_id=problem_id, stream=stream.index, seed=stream.seed,
                         text=stream.text[segment_start:], tokens=tokens,
-                        finish_reason="stop" if block is not None else finish)
+                        finish_reason="stop" if block is not None else finish,
+                        **({"logprobs": logprobs_to_json(logprobs)} if logprobs else {}))
             if block is None:
                 if stream.end is None:  # not cut by the controller
                     if finish in ("stop", "length"):
@@ -298,3 +344,8 @@ class Controller:
             stream.text += format_output(feedback)
             self._trace("code", problem_id=problem_id, stream=stream.index, code=block.code,
                         status=result.status, feedback=feedback, elapsed_s=result.elapsed_s)
+
+
+def _ballot(stream: Stream) -> Ballot:
+    summary = None if stream.confidence is None else ConfidenceSummary.from_record(stream.confidence)
+    return Ballot(stream.answer, summary)
