@@ -95,7 +95,7 @@ class RowSampler:
         row = np.asarray(logits, dtype=np.float32)
         peak = row.max()
         raw = np.exp(row - peak)
-        log_norm = float(peak) + math.log(float(raw.sum(dtype=np.float64)))
+        log_norm = float(peak) + math.log(float(raw.sum()))  # float32: ~1e-7 relative
         if self.params.temperature <= 0.0:
             token = int(np.argmax(row))
         else:
@@ -114,20 +114,14 @@ def top_k_desc(row: np.ndarray, k: int) -> Ids:
     """Ids of the k largest values of ``row``, largest first (ties: lower id first)."""
     n = row.size
     k = min(k, n)
-    if n <= 4 * _BLOCKS or k * 8 > _BLOCKS:
-        pool = np.arange(n) if k == n else np.argpartition(row, n - k)[n - k :]
-    else:
-        width = -(-n // _BLOCKS)
-        padded = row
-        if width * _BLOCKS != n:
-            padded = np.full(width * _BLOCKS, -np.inf, dtype=row.dtype)
-            padded[:n] = row
-        block_max = padded.reshape(width, _BLOCKS).max(axis=0)
-        blocks = np.argpartition(block_max, _BLOCKS - k)[_BLOCKS - k :]
-        pool = (blocks[None, :] + _BLOCKS * np.arange(width)[:, None]).ravel()
-        pool = pool[pool < n]
-    order = np.lexsort((pool, -row[pool].astype(np.float64)))
-    return pool[order][:k]
+    if n % _BLOCKS or n < 4 * _BLOCKS or k * 8 > _BLOCKS:
+        pool = np.arange(n) if k == n else np.sort(np.argpartition(row, n - k)[n - k :])
+        return pool[np.argsort(-row[pool], kind="stable")[:k]]
+    grid = row.reshape(-1, _BLOCKS)  # block j: column j
+    blocks = np.sort(np.argpartition(grid.max(axis=0), _BLOCKS - k)[_BLOCKS - k :])
+    # Row-major over (grid row, ascending block) is ascending id order: stable ties.
+    best = np.argsort(-grid[:, blocks].ravel(), kind="stable")[:k]
+    return (best // k) * _BLOCKS + blocks[best % k]
 
 
 def token_logprob(row: np.ndarray, token: int, k: int, log_norm: float) -> TokenLogprob:
