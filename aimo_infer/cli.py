@@ -47,6 +47,10 @@ def add_run_options(parser: argparse.ArgumentParser,
     parser.add_argument("--genselect", action="store_true",
                         help="on a split vote, let the model judge summaries of its own "
                         "solutions (GenSelect; settings in the config's [genselect])")
+    parser.add_argument("--select", help="answer selection: majority (default), entropy, "
+                        "vote-then-confidence, deepconf (confidence rules ask for logprobs)")
+    parser.add_argument("--logprobs", type=int, metavar="K", help="top-K token logprobs per "
+                        "token: confidence in records and traces (0: off, the default)")
 
 
 # Flags that set a range-checked setting: flag -> (argparse dest, dotted config key).
@@ -81,6 +85,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.solve.sampling.max_tokens = args.max_tokens
     if args.seed is not None:
         cfg.solve.run_seed = args.seed
+    if args.select is not None:
+        from aimo_infer.solve.vote import SELECT_RULES
+
+        if args.select not in SELECT_RULES:
+            raise ConfigError(f"--select must be one of {', '.join(SELECT_RULES)}")
+        cfg.solve.select = args.select
+    if args.logprobs is not None:
+        if args.logprobs < 0:
+            raise ConfigError("--logprobs must be >= 0")
+        cfg.solve.confidence.logprobs = args.logprobs
     if getattr(args, "genselect", False):
         cfg.genselect.enabled = True
     return validate_config(cfg)

@@ -69,6 +69,22 @@ class HarmonyConfig:
 
 
 @dataclass
+class ConfidenceConfig:
+    """Confidence from the model's token logprobs (aimo_infer/solve/confidence.py): how it is
+    measured, how selection rules weigh it and when a stream stops on it (default: never)."""
+
+    logprobs: int = 0  # top-k per token; 0: off, or 5 when the select rule or stop needs them
+    window: int = 2048  # DeepConf group size (tokens)
+    tail: int = 256  # tail entropy over the last N tokens
+    entropy_floor: float = 0.01  # select "entropy": weight = 1 / max(mean entropy, floor)
+    deepconf_eta: float = 90.0  # select "deepconf": percent of answered streams kept
+    stop: str = "none"  # none | deepconf (stop a stream whose window confidence falls low)
+    stop_threshold: float | None = None  # None: a percentile of the warmup streams'
+    stop_warmup: int = 4
+    stop_percentile: float = 10.0
+
+
+@dataclass
 class SolveConfig:
     """How one problem is solved: streams, prompt profile, answer profile, stopping policy."""
 
@@ -77,10 +93,12 @@ class SolveConfig:
     prompt: str = "tir-fence"  # a profile in aimo_infer/solve/prompt_profiles/
     profile: str = "aimo3"  # answer profile: aimo2 | aimo3 | free
     stop_policy: str = "nemo"  # a preset from aimo_infer.solve.policies.PRESETS
+    select: str = "majority"  # majority | entropy | vote-then-confidence | deepconf
     stream_timeout_s: float | None = None  # per-stream deadline, on top of the problem's
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     tir: TIRConfig = field(default_factory=TIRConfig)
     harmony: HarmonyConfig = field(default_factory=HarmonyConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
 
 
 @dataclass
@@ -234,6 +252,9 @@ MARGIN: Rule = (_non_negative, "finite and >= 0 (seconds)")
 AT_LEAST_ONE: Rule = (lambda v: _finite(v) and v >= 1, ">= 1")
 RULES: dict[str, Rule] = {
     "solve.num_streams": (_between(1, MAX_STREAMS), f">= 1 and <= {MAX_STREAMS}"),
+    "solve.confidence.logprobs": (_between(0, 20), ">= 0 and <= 20 (0: off)"),
+    "solve.confidence.window": (_between(1, 1 << 20), ">= 1 (tokens)"),
+    "solve.confidence.tail": (_between(1, 1 << 20), ">= 1 (tokens)"),
     "solve.profile": (_one_of(PROFILES), f"one of {', '.join(PROFILES)}"),
     "solve.stream_timeout_s": (lambda v: v is None or _positive(v), "finite and > 0 (seconds)"),
     "solve.sampling.temperature": (_non_negative, "finite and >= 0"),

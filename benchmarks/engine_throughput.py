@@ -8,6 +8,12 @@ through the solve loop (``Controller``, chain-of-thought profile, no code). The 
 
     python benchmarks/engine_throughput.py [--engines llamacpp,hf] [--max-tokens 128] [--repeats 3]
     python benchmarks/engine_throughput.py --engines llamacpp,llamacpp:weights=packaged
+    python benchmarks/engine_throughput.py --logprobs 5   # adds 12 streams with top-5 logprobs
+
+With ``--logprobs K`` the 12-stream measurement also runs with K logprobs per token, back to back
+with the plain one on the same engine (order alternating), and the table gives the median of
+the paired costs and the cost between the best run of each (a shared machine disturbs some
+runs; the best ones are the least disturbed).
 
 ``vllm`` runs on the default model's HF directory; run it from .venv-vllm on a CPU
 (scripts/setup-vllm-cpu.sh).
@@ -48,6 +54,7 @@ class Workload:
     streams: int
     max_tokens: int
     config: Config = field(default_factory=Config)
+    logprobs: int = 0  # top-k logprobs for the extra 12-stream measurement (0: none)
 
     def seeds(self) -> list[int]:
         if importlib.util.find_spec("aimo_infer.solve.controller") is None:
@@ -60,13 +67,16 @@ class Workload:
         messages = load_profile(PROFILE).messages(PROBLEM, self.config.solve.tir.max_code_calls)
         return render_prompt(messages, engine.info.tokenizer_path)
 
-    def requests(self, engine: Engine, n: int, tag: str) -> list[GenerationRequest]:
+    def requests(
+        self, engine: Engine, n: int, tag: str, logprobs: int = 0
+    ) -> list[GenerationRequest]:
         s = self.config.solve.sampling
         prompt = self.prompt(engine)
         return [
             GenerationRequest(
                 f"{tag}/{i}", prompt=prompt, seed=seed, temperature=s.temperature,
                 top_p=s.top_p, top_k=s.top_k, min_p=s.min_p, max_tokens=self.max_tokens,
+                logprobs=logprobs,
             )
             for i, seed in enumerate(self.seeds()[:n])
         ]  # fmt: skip
@@ -144,6 +154,7 @@ class Row:
     engine: str
     one: list[float] = field(default_factory=list)
     many: list[float] = field(default_factory=list)
+    many_logprobs: list[float] = field(default_factory=list)
     solve: list[float] = field(default_factory=list)
     solve_note: str = ""
     error: str = ""
@@ -161,14 +172,20 @@ async def measure(name: str, make: Callable[[], Engine], workload: Workload, rep
         for rep in range(repeats):
             row.one.append(await raw_tok_per_s(engine, workload.requests(engine, 1, f"one{rep}")))
             many = workload.requests(engine, workload.streams, f"many{rep}")
+            lp = workload.requests(engine, workload.streams, f"lp{rep}", workload.logprobs)
+            if workload.logprobs > 0 and rep % 2:  # pairs back to back, order alternating
+                row.many_logprobs.append(await raw_tok_per_s(engine, lp))
             row.many.append(await raw_tok_per_s(engine, many))
+            if workload.logprobs > 0 and not rep % 2:
+                row.many_logprobs.append(await raw_tok_per_s(engine, lp))
             solve = await solve_loop_tok_per_s(engine, workload)
             if solve is None:
                 row.solve_note = "n/a (controller not available)"
             else:
                 row.solve.append(solve)
             print(f"  {name} repeat {rep + 1}/{repeats}: 1={row.one[-1]:.1f} "
-                  f"{workload.streams}={row.many[-1]:.1f} solve={solve or 0:.1f} tok/s",
+                  f"{workload.streams}={row.many[-1]:.1f} solve={solve or 0:.1f} "
+                  f"logprobs={row.many_logprobs[-1] if row.many_logprobs else 0:.1f} tok/s",
                   file=sys.stderr, flush=True)  # fmt: skip
     finally:
         await engine.shutdown()
@@ -183,9 +200,10 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(rows: list[Row], streams: int) -> None:
+def print_table(rows: list[Row], streams: int, logprobs: int = 0) -> None:
     head = f"{'engine':<26} {'1 stream':>9} {f'{streams} streams':>11} {'x':>5} "
-    print(head + f"{'solve loop':>11} {'loop/raw':>8}   (tok/s, medians)")
+    extra = f" {f'+{logprobs} logprobs':>12} {'cost':>6} {'best-of':>8}" if logprobs else ""
+    print(head + f"{'solve loop':>11} {'loop/raw':>8}{extra}   (tok/s, medians)")
     for row in rows:
         if row.error:
             print(f"{row.engine:<26} unavailable: {row.error}")
@@ -194,8 +212,17 @@ def print_table(rows: list[Row], streams: int) -> None:
         ratio = many / one if one and many else None
         kept = solve / many if solve and many else None
         solve_cell = fmt(solve) if solve is not None else row.solve_note
+        cells = ""
+        if logprobs:
+            with_lp = median(row.many_logprobs)
+            # The median of the paired costs: a busy machine drifts between repeats.
+            pairs = zip(row.many, row.many_logprobs, strict=False)
+            cost = median([1.0 - b / a for a, b in pairs if a > 0])
+            # Best of each: the least disturbed runs of a shared machine.
+            best = 1.0 - max(row.many_logprobs) / max(row.many) if row.many_logprobs else None
+            cells = f" {fmt(with_lp):>12} {fmt(cost, '.1%'):>6} {fmt(best, '.1%'):>8}"
         print(f"{row.engine:<26} {fmt(one):>9} {fmt(many):>11} {fmt(ratio, '.2f'):>5} "
-              f"{solve_cell:>11} {fmt(kept, '.1%'):>8}")  # fmt: skip
+              f"{solve_cell:>11} {fmt(kept, '.1%'):>8}{cells}")  # fmt: skip
 
 
 async def main() -> int:
@@ -209,13 +236,17 @@ async def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per stream")
     parser.add_argument("--streams", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--logprobs", type=int, default=0, metavar="K",
+                        help="also run the streams with top-K logprobs and report the cost")
     args = parser.parse_args()
-    workload = Workload(args.streams, args.max_tokens)
+    if args.logprobs < 0:
+        parser.error("--logprobs must be >= 0")
+    workload = Workload(args.streams, args.max_tokens, logprobs=args.logprobs)
     rows = []
     for name in [n.strip() for n in args.engines.split(",") if n.strip()]:
         rows.append(await measure(name, lambda n=name: create_engine(engine_config(n)),
                                   workload, args.repeats))  # fmt: skip
-    print_table(rows, args.streams)
+    print_table(rows, args.streams, args.logprobs)
     default = next((r for r in rows if r.engine == "llamacpp"), None)
     value = median(default.many) if default is not None else None
     print(f"default_engine_12stream_tok_per_s={fmt(value)}")

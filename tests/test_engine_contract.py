@@ -292,3 +292,56 @@ def test_a_missing_engine_package_names_the_extra(monkeypatch: pytest.MonkeyPatc
     assert str(info.value) == "engine 'hf' needs torch: pip install 'aimo-infer[hf]'"
     with pytest.raises(EngineUnavailable, match="unknown engine 'nope'"):
         create_engine(EngineConfig(name="nope"))
+
+
+def _check_logprobs(deltas: list[StreamDelta], k: int, exact: bool) -> list[Any]:
+    """The logprob contract over one request's deltas; returns the entries in order."""
+    entries = [e for d in deltas for e in d.logprobs]
+    tokens = sum(d.num_tokens for d in deltas)
+    if exact:
+        assert len(entries) == tokens, (len(entries), tokens)
+    else:
+        assert len(entries) >= 1 and (tokens == 0 or len(entries) >= tokens), (len(entries), tokens)
+    for d in deltas:
+        if exact:
+            assert len(d.logprobs) == d.num_tokens
+    for e in entries:
+        assert e.logprob <= 0.0
+        assert 1 <= len(e.top) <= k
+        values = [lp for _, lp in e.top]
+        assert all(v <= 0.0 for v in values)
+        assert values == sorted(values, reverse=True), values
+        same = [lp for t, lp in e.top if t == e.token]
+        if same:
+            assert abs(same[0] - e.logprob) < 1e-6, (e, same)
+        else:  # outside the top k: no more probable than the k-th alternative
+            assert e.logprob <= values[-1] + 1e-6
+    return entries
+
+
+@pytest.mark.slow
+def test_logprobs_one_entry_per_token_sorted_and_consistent(engine: Engine, case: EngineCase) -> None:
+    async def body() -> None:
+        _, _, plain = await collect(engine, _request("nolp", 6, max_tokens=8))
+        assert all(d.logprobs == () for d in plain)
+        _, _, deltas = await collect(engine, _request("lp", 6, max_tokens=16, logprobs=5))
+        entries = _check_logprobs(deltas, 5, case.exact_token_counts)
+        assert any(len(e.top) == 5 for e in entries)
+        # Sampling at temperature 1 takes a token outside the top alternative now and then, but
+        # the chosen tokens are mostly among the top 5.
+        inside = sum(any(t == e.token for t, _ in e.top) for e in entries)
+        assert inside >= len(entries) // 2, entries
+
+    run(body())
+
+
+@pytest.mark.slow
+def test_greedy_request_chooses_the_top_alternative(engine: Engine, case: EngineCase) -> None:
+    async def body() -> None:
+        request = _request("greedy", 7, max_tokens=12, temperature=0.0, logprobs=3)
+        _, _, deltas = await collect(engine, request)
+        for e in _check_logprobs(deltas, 3, case.exact_token_counts):
+            best_token, best = e.top[0]
+            assert e.token == best_token or abs(e.logprob - best) < 1e-6, e
+
+    run(body())

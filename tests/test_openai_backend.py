@@ -448,3 +448,27 @@ def test_a_failing_server_is_tried_last_after_its_error(stand_ins: list[StandIn]
 
     assert asyncio.run(body()) == ["error", "length", "length", "length"]
     assert (len(failing.bodies), len(healthy.bodies)) == (1, 3)
+
+
+def test_choice_logprobs_parse_sort_and_cut() -> None:
+    from aimo_infer.backends.openai import choice_logprobs
+
+    # vLLM with return_tokens_as_token_ids: ids; top_logprobs unsorted and holding the sampled
+    # token past the top k.
+    choice = {"text": " x", "logprobs": {
+        "tokens": ["token_id:5", "token_id:9"], "token_logprobs": [-0.2, -3.0],
+        "top_logprobs": [{"token_id:7": -2.0, "token_id:5": -0.2},
+                         {"token_id:4": -0.5, "token_id:3": -1.0, "token_id:9": -3.0}]}}  # fmt: skip
+    first, second = choice_logprobs(choice, 2)
+    assert (first.token, first.logprob, first.top) == (5, -0.2, ((5, -0.2), (7, -2.0)))
+    assert (second.token, second.top) == (9, ((4, -0.5), (3, -1.0)))
+    # llama-cpp-python: tokens by text.
+    text_choice = {"logprobs": {"tokens": [" a"], "token_logprobs": [-0.1],
+                                "top_logprobs": [{" a": -0.1, " b": -2.5}]}}  # fmt: skip
+    (entry,) = choice_logprobs(text_choice, 5)
+    assert entry.token == " a" and entry.top == ((" a", -0.1), (" b", -2.5))
+    # Off, absent or malformed: nothing rather than wrong values.
+    assert choice_logprobs(choice, 0) == []
+    assert choice_logprobs({"text": "x"}, 3) == []
+    assert choice_logprobs({"logprobs": {"tokens": ["a"], "token_logprobs": []}}, 3) == []
+    assert choice_logprobs({"logprobs": {"tokens": ["a"], "token_logprobs": ["bad"]}}, 3) == []

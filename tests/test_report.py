@@ -172,3 +172,40 @@ def test_a_wrong_typed_run_config_is_one_line(tmp_path: Path,
     config["config"]["budget"]["total_s"] = 3600  # keys of other versions are ignored
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert main(["report", str(tmp_path)]) == 0
+
+
+def _with_confidence(s: object, lowest: float, entropy: float) -> object:
+    from aimo_infer.solve.confidence import ConfidenceSummary
+
+    summary = ConfidenceSummary(100, entropy, entropy, lowest, lowest, lowest, 16, 8)
+    return dataclasses.replace(s, confidence=summary.to_record())  # type: ignore[type-var]
+
+
+def test_confidence_section_rechooses_per_rule_and_draws_right_vs_wrong(tmp_path: Path) -> None:
+    from aimo_infer.evaluate.report import write_report
+
+    # Two wrong streams (7) outvote one sure right one (4): majority is wrong, entropy right.
+    streams = [_with_confidence(stream(0, 7, False, 1.0), 1.0, 2.0),
+               _with_confidence(stream(1, 7, False, 2.0), 1.0, 2.0),
+               _with_confidence(stream(2, 4, True, 3.0), 5.0, 0.01)]  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    append_result(run_dir, record("p1", "4", 7, streams))  # type: ignore[arg-type]
+    report = write_report(run_dir)
+    rules = {row["rule"]: row["right"] for row in report["confidence"]["rules"]}
+    assert rules == {"majority": 0, "entropy": 1, "vote-then-confidence": 0, "deepconf": 1}
+    assert report["confidence"]["streams"]["right"]["lowest_group"] == 5.0
+    assert report["confidence"]["streams"]["wrong"]["streams"] == 2
+    markdown = (run_dir / "report.md").read_text()
+    assert "## Confidence" in markdown and "| entropy | 1/1 | 100.0% |" in markdown
+    assert (run_dir / "stream_confidence.png").is_file()
+
+
+def test_no_confidence_section_without_recorded_logprobs(tmp_path: Path) -> None:
+    from aimo_infer.evaluate.report import write_report
+
+    record_run(tmp_path / "run", synthetic_problems(2), "all", num_streams=3)
+    report = write_report(tmp_path / "run")
+    assert report["confidence"] is None
+    assert "## Confidence" not in (tmp_path / "run" / "report.md").read_text()
+    assert not (tmp_path / "run" / "stream_confidence.png").exists()

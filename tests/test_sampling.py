@@ -8,7 +8,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from aimo_infer.backends import sampling
-from aimo_infer.backends.sampling import RowSampler, SamplingParams, nucleus, sample_token
+from aimo_infer.backends.sampling import (
+    RowSampler,
+    SamplingParams,
+    nucleus,
+    sample_token,
+    top_k_desc,
+)
 
 
 def reference(row: np.ndarray, p: SamplingParams) -> tuple[list[int], np.ndarray, float]:
@@ -125,3 +131,30 @@ def test_greedy_and_the_uniform_draw_edges() -> None:
     p = SamplingParams(1.0)
     assert sample_token(row, p, 0.0) == 0
     assert sample_token(row, p, 0.999999999) == 2
+
+
+@pytest.mark.parametrize("size", [50, 49_152, 50_001])
+def test_top_k_desc_matches_a_full_sort(size: int) -> None:
+    rng = np.random.default_rng(size)
+    for _ in range(20):
+        row = (rng.normal(size=size) * rng.uniform(0.5, 8)).astype(np.float32)
+        for k in (1, 5, 20):
+            expected = np.argsort(-row.astype(np.float64), kind="stable")[:k]
+            assert top_k_desc(row, k).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.6, 1.0])
+def test_sample_with_logprobs_draws_as_sample_and_reports_log_softmax(temperature: float) -> None:
+    rng = np.random.default_rng(3)
+    params = SamplingParams(temperature, top_p=0.9)
+    plain, with_lp = RowSampler(params, 42), RowSampler(params, 42)
+    for _ in range(30):
+        row = (rng.normal(size=4096) * 4).astype(np.float32)
+        token, entry = with_lp.sample_with_logprobs(row, 5)
+        assert token == plain.sample(row) == entry.token
+        shifted = row.astype(np.float64) - row.max()
+        log_softmax = shifted - np.log(np.exp(shifted).sum())
+        assert entry.logprob == pytest.approx(log_softmax[token], abs=1e-4)
+        best = np.argsort(-log_softmax, kind="stable")[:5]
+        assert [t for t, _ in entry.top] == best.tolist()
+        assert [lp for _, lp in entry.top] == pytest.approx(log_softmax[best].tolist(), abs=1e-4)

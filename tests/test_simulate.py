@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from aimo_infer.cli import main
 from aimo_infer.config import BudgetConfig
 from aimo_infer.evaluate.run_budget import scaled_budget
+from aimo_infer.evaluate.runs import read_results
 from aimo_infer.evaluate.sample_traces import draw_problem, group_by_model, load_sampled_problems
 from aimo_infer.evaluate.simulate import (
     LengthModel,
@@ -25,7 +26,9 @@ from aimo_infer.evaluate.simulate import (
     simulate_run,
 )
 from aimo_infer.evaluate.simulate_cli import rescore_records, sample_sweep, sweep_policies
-from aimo_infer.solve.policies import PRESETS, parse_policy
+from aimo_infer.solve.confidence import ConfidenceSummary
+from aimo_infer.solve.policies import PRESETS, ConfidenceStop, parse_policy
+from aimo_infer.solve.vote import SelectSettings
 from tests.dryrun_fixtures import record, record_run, stream, synthetic_problems
 
 WAIT_ALL = parse_policy("all")
@@ -310,3 +313,93 @@ def test_no_budget_drops_the_deadlines_for_traces(tmp_path: Path,
     budgeted = capsys.readouterr().out
     assert main([*args, "--no-budget"]) == 0
     assert capsys.readouterr().out != budgeted
+
+
+# --- confidence: selection rules and the online stop, replayed --------------------------------
+
+
+def summary(entropy: float = 1.0, lowest: float = 2.0,
+            lows: tuple[tuple[int, float], ...] = ()) -> ConfidenceSummary:
+    return ConfidenceSummary(100, entropy, entropy, lowest, lowest, lowest, 16, 8, lows)
+
+
+def test_a_selection_rule_rechooses_from_recorded_confidence() -> None:
+    streams = (SimStream(5, 1.0, 100, confidence=summary(entropy=2.0)),
+               SimStream(5, 2.0, 100, confidence=summary(entropy=2.0)),
+               SimStream(9, 3.0, 100, confidence=summary(entropy=0.01)))  # fmt: skip
+    problem = SimProblem("p", "s", streams, {9: True})
+    assert simulate_problem(problem, WAIT_ALL).answer == 5
+    out = simulate_problem(problem, WAIT_ALL, selection=SelectSettings("entropy"))
+    assert out.answer == 9 and out.correct and out.vote.rule == "entropy"
+
+
+def test_the_online_stop_replays_a_fixed_threshold() -> None:
+    # Stream 1 (10 s, 100 tokens) fell to window confidence 1.0 at token 40: stopped at 4 s.
+    streams = (SimStream(5, 6.0, 100, confidence=summary(lows=((10, 3.0),))),
+               SimStream(9, 10.0, 100, confidence=summary(lows=((10, 3.0), (40, 1.0)))),
+               SimStream(9, 8.0, 100, confidence=summary(lows=((10, 3.0),))))  # fmt: skip
+    problem = SimProblem("p", "s", streams, {9: True})
+    assert simulate_problem(problem, WAIT_ALL).answer == 9
+    out = simulate_problem(problem, WAIT_ALL, confidence_stop=ConfidenceStop(threshold=2.0))
+    assert dict(out.vote.counts) == {5: 1, 9: 1}  # the stopped stream does not vote
+    assert out.answer == 5  # the tie goes to the earlier answer
+    assert out.tokens == 240 and out.decision_s == 8.0
+    # With the leader rule the dropped stream no longer counts as running: stop at 6 s.
+    led = simulate_problem(problem, parse_policy("leader"),
+                           confidence_stop=ConfidenceStop(threshold=2.0))
+    assert led.stop_reason.startswith("leader") and led.decision_s == 6.0
+
+
+def test_a_warmup_threshold_applies_once_the_warmup_streams_finished() -> None:
+    # Warmup: the first two finished streams' lowest groups 2 and 4: the median 3 at 2 s.
+    streams = (SimStream(1, 1.0, 100, confidence=summary(lowest=2.0)),
+               SimStream(1, 2.0, 100, confidence=summary(lowest=4.0)),
+               SimStream(7, 10.0, 100, confidence=summary(lows=((10, 2.5),))),  # below at 1 s
+               SimStream(7, 10.0, 100, confidence=summary(lows=((10, 3.5),))))  # fmt: skip
+    problem = SimProblem("p", "s", streams, {1: True})
+    out = simulate_problem(problem, WAIT_ALL,
+                           confidence_stop=ConfidenceStop(warmup=2, percentile=50.0))
+    assert dict(out.vote.counts) == {1: 2, 7: 1}
+    assert out.tokens == 100 + 100 + 20 + 100  # stopped at 2 s, a fifth of its 10 s
+
+
+def _confident_run(run_dir: Path) -> None:
+    import asyncio
+
+    from aimo_infer.backends.replay import ReplayEngine
+    from aimo_infer.evaluate.dryrun import run_problems
+    from tests.dryrun_fixtures import cot_config, scripts_for
+
+    problems = synthetic_problems(3)
+    engine = ReplayEngine(scripts_for(problems, 6, 1), yield_every=1)
+    cfg = cot_config("all", 6, len(problems))
+    cfg.solve.confidence.logprobs = 3
+    run_dir.mkdir(parents=True)
+    asyncio.run(run_problems(cfg, problems, run_dir, engine=engine))
+
+
+def test_simulate_select_all_and_confidence_stop_on_a_recorded_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _confident_run(tmp_path / "run")
+    records = read_results(tmp_path / "run")
+    assert all(s.confidence is not None for r in records for s in r.streams)
+    assert main(["simulate", str(tmp_path / "run"), "--select", "all", "--policy", "all",
+                 "--no-budget"]) == 0
+    out = capsys.readouterr().out
+    for rule in ("majority", "entropy", "vote-then-confidence", "deepconf"):
+        assert f"all | select {rule}" in out
+    assert main(["simulate", str(tmp_path / "run"), "--policy", "all", "--confidence-stop", "deepconf",
+                 "--stop-percentile", "50", "--stop-warmup", "2", "--no-budget"]) == 0
+    assert "all | conf-stop" in capsys.readouterr().out
+
+
+def test_simulate_select_without_recorded_confidence_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record_run(tmp_path / "run", synthetic_problems(2), "all", num_streams=4)
+    assert main(["simulate", str(tmp_path / "run"), "--select", "entropy"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "no stream recorded its confidence" in err and "\n" not in err
+    assert main(["simulate", str(tmp_path / "run"), "--select", "best"]) != 0
+    assert "unknown selection rule 'best'" in capsys.readouterr().err

@@ -499,3 +499,31 @@ def test_pytorch_backend_reads_its_load_options_from_engine_json(hf_dir: Path) -
     assert (args.speculative_config.max_draft_len,
             args.speculative_config.max_matching_ngram_size) == (4, 3)
     assert engine.info.context_length == 400
+
+
+def test_logprobs_map_from_pytorch_dicts_and_engine_floats() -> None:
+    from types import SimpleNamespace
+
+    from tensorrt_llm.executor.result import Logprob
+
+    from aimo_infer.backends.trtllm import trtllm_logprobs
+
+    assert trtllm_sampling_kwargs(request("r", logprobs=4), 8)["logprobs"] == 4
+    assert "logprobs" not in trtllm_sampling_kwargs(request("r"), 8)
+    # PyTorch backend: a {token_id: Logprob} per new token, top k, unsorted; the sampled token
+    # (9) of the second step is not among them.
+    out = SimpleNamespace(
+        token_ids_diff=[5, 9],
+        logprobs_diff=[{7: Logprob(-2.0, 2), 5: Logprob(-0.2, 1)},
+                       {3: Logprob(-1.0, 2), 4: Logprob(-0.5, 1)}],
+    )  # fmt: skip
+    first, second = trtllm_logprobs(out, 2)
+    assert first.token == 5 and first.logprob == -0.2 and first.top == ((5, -0.2), (7, -2.0))
+    assert second.top == ((4, -0.5), (3, -1.0))
+    assert second.logprob == -1.0  # not reported: bounded by the last alternative
+    # Engine path: one float per token, no alternatives.
+    engine_out = SimpleNamespace(token_ids_diff=[5, 6], logprobs_diff=[-0.1, -3.0])
+    assert [(e.token, e.logprob, e.top) for e in trtllm_logprobs(engine_out, 3)] == [
+        (5, -0.1, ()), (6, -3.0, ())]
+    assert trtllm_logprobs(out, 0) == ()
+    assert trtllm_logprobs(SimpleNamespace(token_ids_diff=[1]), 2) == ()  # none returned

@@ -365,3 +365,32 @@ def test_speculative_keys_vllm_does_not_know_are_a_clear_error(model_dir: Path) 
     with pytest.raises(EngineError, match="max_matching_ngram_size"):
         make_engine(model_dir, speculative_config={"method": "ngram", "num_speculative_tokens": 3,
                                                    "max_matching_ngram_size": 3})
+
+
+def test_logprobs_map_from_vllm_dicts_one_per_token(model_dir: Path) -> None:
+    engine = make_engine(model_dir)
+
+    async def main() -> tuple[list[StreamDelta], list[StreamDelta], list[StreamDelta]]:
+        plain = await collect(engine, request("plain", seed=3, max_tokens=40))
+        sampled = await collect(engine, request("lp", seed=3, max_tokens=40, logprobs=3))
+        greedy = await collect(engine, request("g", temperature=0.0, max_tokens=40, logprobs=2))
+        await engine.shutdown()
+        return plain, sampled, greedy
+
+    plain, sampled, greedy = asyncio.run(main())
+    params = {rid: p for rid, _, p in engine._engine.submitted}
+    assert params["plain"].logprobs is None and params["lp"].logprobs == 3
+    assert all(d.logprobs == () for d in plain)
+    for deltas, k in ((sampled, 3), (greedy, 2)):
+        assert all(len(d.logprobs) == d.num_tokens for d in deltas)
+        for e in (e for d in deltas for e in d.logprobs):
+            values = [lp for _, lp in e.top]
+            assert len(e.top) == k and values == sorted(values, reverse=True)
+            assert e.logprob <= 0.0
+            if any(t == e.token for t, _ in e.top):
+                assert dict(e.top)[e.token] == e.logprob
+            else:  # sampled past the top k: vLLM adds it to the dict; it is dropped from top
+                assert e.logprob < values[-1]
+    sampled_entries = [e for d in sampled for e in d.logprobs]
+    assert any(e.token not in dict(e.top) for e in sampled_entries)
+    assert all(e.top[0][0] == e.token for d in greedy for e in d.logprobs)

@@ -13,6 +13,7 @@ from aimo_infer.backends.base import (
     EngineUnavailable,
     GenerationRequest,
     StreamDelta,
+    TokenLogprob,
 )
 from aimo_infer.config import EngineConfig
 
@@ -24,6 +25,7 @@ __all__ = [
     "EngineUnavailable",
     "GenerationRequest",
     "StreamDelta",
+    "TokenLogprob",
     "create_engine",
 ]
 

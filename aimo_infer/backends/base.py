@@ -80,12 +80,33 @@ class GenerationRequest:
     # Token-in/token-out (engines whose EngineInfo.token_io is True): stop on these token ids
     # too; the token that stopped the request is the last of the streamed token_ids.
     stop_token_ids: tuple[int, ...] = ()
+    logprobs: int = 0  # top-k alternatives per generated token (0: no logprobs, the default)
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.prompt_token_ids is None):
             raise ValueError("a GenerationRequest needs exactly one of prompt or prompt_token_ids")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
+
+
+Token = int | str
+"""A token id; engines that name tokens by text only (OpenAI-compatible servers) give the text."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its log-probability and the top-k alternatives, most probable first.
+
+    Log-probabilities are the model's own distribution (log-softmax of the logits, before
+    temperature and truncation), as vLLM reports by default; the chosen token may be outside
+    the top k.
+    """
+
+    token: Token
+    logprob: float
+    top: tuple[tuple[Token, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,8 @@ class StreamDelta:
     finish_reason: FinishReason | None = None
     error: str | None = None  # set with finish_reason == "error"
     token_ids: tuple[int, ...] = ()  # the generated token ids of this delta (token_io engines)
+    # With GenerationRequest.logprobs > 0: one entry per generated token of this delta.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,3 +166,26 @@ class Engine(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
+
+
+def logprobs_to_json(entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> list[object]:
+    """Logprobs in the compact JSON form traces record: ``[token, logprob, [[alt, lp], ...]]``,
+    values rounded to 5 decimals (the chosen token and its alternative round alike)."""
+    return [
+        [e.token, round(e.logprob, 5), [[t, round(lp, 5)] for t, lp in e.top]] for e in entries
+    ]
+
+
+def logprobs_from_json(data: object) -> tuple[TokenLogprob, ...]:
+    """The inverse of ``logprobs_to_json``; a malformed record raises ValueError."""
+    if not isinstance(data, list):
+        raise ValueError("recorded logprobs must be a list")
+    entries = []
+    for item in data:
+        try:
+            token, logprob, top = item
+            alternatives = tuple((t, float(lp)) for t, lp in top)
+            entries.append(TokenLogprob(token, float(logprob), alternatives))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad recorded logprob entry {item!r}") from exc
+    return tuple(entries)

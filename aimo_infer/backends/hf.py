@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
+    TokenLogprob,
     parse_engine_options,
 )
-from aimo_infer.backends.hf_rows import IncrementalDecoder, sample_rows
+from aimo_infer.backends.hf_rows import IncrementalDecoder, row_logprobs, sample_rows
 from aimo_infer.backends.streaming import StopMatcher
 from aimo_infer.config import EngineConfig
 
@@ -74,6 +75,11 @@ class _Slot:
     decoder: IncrementalDecoder | None = None
     generator: Any = None
     pending_tokens: int = 0  # tokens whose text is held back by the decoder
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, if asked
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        taken, self.pending_logprobs = tuple(self.pending_logprobs), []
+        return taken
 
 
 class HFEngine(Engine):
@@ -293,10 +299,11 @@ class HFEngine(Engine):
             if finish is None and slot.num_tokens >= slot.max_tokens:
                 finish = "length"
         if finish is not None:
-            self._finish(slot, StreamDelta(piece, slot.pending_tokens, finish))
+            self._finish(slot, StreamDelta(piece, slot.pending_tokens, finish,
+                                           logprobs=slot.take_logprobs()))
             return True
         if piece:
-            self._emit(slot, StreamDelta(piece, slot.pending_tokens))
+            self._emit(slot, StreamDelta(piece, slot.pending_tokens, logprobs=slot.take_logprobs()))
             slot.pending_tokens = 0
         return False
 
@@ -327,6 +334,11 @@ class _RowSampler:
         uniforms = torch.stack([torch.rand((), generator=s.generator) for s in self._slots])
         tokens = sample_rows(scores, self._temperature, self._top_p, self._top_k, self._min_p,
                              uniforms.to(scores.device))
+        if any(s.request.logprobs > 0 for s in self._slots):
+            entries = row_logprobs(scores, tokens, [s.request.logprobs for s in self._slots])
+            for slot, entry in zip(self._slots, entries, strict=True):
+                if slot.request.logprobs > 0 and not slot.finished:
+                    slot.pending_logprobs.append(entry)
         forced = torch.full_like(scores, float("-inf"))
         forced.scatter_(1, tokens.unsqueeze(1), 0.0)
         return forced

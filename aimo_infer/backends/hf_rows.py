@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from aimo_infer.backends.base import TokenLogprob
+
 if TYPE_CHECKING:
     import torch
 
@@ -63,6 +65,26 @@ def sample_rows(
         sampled[rows] = sample_rows(logits[rows], temperature[rows], top_p[rows], top_k[rows],
                                     min_p[rows], uniforms[rows], candidates=vocab)
     return torch.where(temperature <= 0, logits.argmax(dim=-1), sampled)
+
+
+def row_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, ks: Sequence[int]
+) -> list[TokenLogprob]:
+    """Per row: the chosen token's log-probability and the top ``ks[row]`` alternatives, from
+    the log-softmax of the raw logits (before temperature and truncation), in one batched pass."""
+    logprobs = logits.float().log_softmax(dim=-1)
+    k_max = max(ks)
+    top_values, top_ids = logprobs.topk(k_max, dim=-1, sorted=True) if k_max else (None, None)
+    chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+    values = top_values.tolist() if top_values is not None else [[] for _ in ks]
+    ids = top_ids.tolist() if top_ids is not None else [[] for _ in ks]
+    rows = zip(tokens.tolist(), chosen, ids, values, ks, strict=True)
+    entries = []
+    for token, logprob, top_ids_row, top_values_row, k in rows:
+        pairs = zip(top_ids_row[:k], top_values_row[:k], strict=True)
+        top = tuple((int(i), min(v, 0.0)) for i, v in pairs)
+        entries.append(TokenLogprob(int(token), min(logprob, 0.0), top))
+    return entries
 
 
 class IncrementalDecoder:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from aimo_infer.backends.base import FinishReason, GenerationRequest, StreamDelta
+from aimo_infer.backends.base import FinishReason, GenerationRequest, StreamDelta, TokenLogprob
 from aimo_infer.backends.cpu_share import ThreadGovernor
 from aimo_infer.backends.sampling import RowSampler
 from aimo_infer.backends.streaming import StopMatcher
@@ -91,10 +91,16 @@ class LiveSequence:
     n_generated: int = 0
     unsent_tokens: int = 0  # sampled tokens whose text has not gone out yet
     unsent_ids: list[int] = field(default_factory=list)  # and their ids (token-out)
+    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)  # theirs, if asked for
 
     @property
     def prefilling(self) -> bool:
         return self.n_past < self.n_prompt
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        """The logprobs of the tokens about to go out, once."""
+        taken, self.unsent_logprobs = tuple(self.unsent_logprobs), []
+        return taken
 
 
 def utf8_decoder() -> codecs.IncrementalDecoder:
@@ -425,7 +431,12 @@ class DecodeLoop:
                 self.stats.prefilled_tokens += min(n, seq.n_prompt - seq.n_past)
             seq.n_past += n
         for seq, row in to_sample:
-            self._accept(seq, self.rt.sample(seq.sampler, row))
+            if seq.request.logprobs > 0:
+                token, logprob = self.rt.sample_with_logprobs(seq.sampler, row, seq.request.logprobs)
+                seq.unsent_logprobs.append(logprob)
+                self._accept(seq, token)
+            else:
+                self._accept(seq, self.rt.sample(seq.sampler, row))
 
     def _make_room(self) -> None:
         """The KV memory is full: drop the prefix cache, else end the longest sequence."""
@@ -459,7 +470,8 @@ class DecodeLoop:
             return
         if text:
             self._emit(seq.sink, StreamDelta(text, seq.unsent_tokens,
-                                             token_ids=tuple(seq.unsent_ids)))
+                                             token_ids=tuple(seq.unsent_ids),
+                                             logprobs=seq.take_logprobs()))
             seq.unsent_tokens = 0
             seq.unsent_ids = []
 
@@ -486,7 +498,8 @@ class DecodeLoop:
             self._free_ids.append(seq.seq_id)
         self._on_finished(seq.request)
         self._emit(seq.sink, StreamDelta(text, seq.unsent_tokens, reason, error,
-                                         token_ids=tuple(seq.unsent_ids)))
+                                         token_ids=tuple(seq.unsent_ids),
+                                         logprobs=seq.take_logprobs()))
         self._compact()
 
     def _compact(self) -> None:

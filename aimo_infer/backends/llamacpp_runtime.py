@@ -15,7 +15,7 @@ from pathlib import Path
 import llama_cpp as lc
 import numpy as np
 
-from aimo_infer.backends.base import EngineUnavailable
+from aimo_infer.backends.base import EngineUnavailable, TokenLogprob
 from aimo_infer.backends.sampling import RowSampler, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,16 @@ class LlamaRuntime:
         if not pointer:
             raise RuntimeError(f"llama.cpp has no logits for batch row {output_index}")
         return sampler.sample(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)))
+
+    def sample_with_logprobs(
+        self, sampler: RowSampler, output_index: int, k: int
+    ) -> tuple[int, TokenLogprob]:
+        """``sample``, with the token's logprob and the top ``k`` alternatives."""
+        pointer = lc.llama_get_logits_ith(self._ctx, output_index)
+        if not pointer:
+            raise RuntimeError(f"llama.cpp has no logits for batch row {output_index}")
+        row = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        return sampler.sample_with_logprobs(row, k)
 
     def set_threads(self, n_threads: int) -> None:
         """Threads for the following decodes (llama.cpp reads it at every graph run)."""

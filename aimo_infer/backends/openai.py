@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -51,6 +52,7 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
+    TokenLogprob,
     find_stop,
 )
 from aimo_infer.config import EngineConfig
@@ -206,6 +208,7 @@ class _Running:
     queue: asyncio.Queue[StreamDelta]
     task: asyncio.Task[None] | None = None
     finished: bool = False
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # parsed, not yet delivered
 
 
 def request_body(request: GenerationRequest, model: str, flavour: Flavour) -> dict[str, Any]:
@@ -233,6 +236,8 @@ def request_body(request: GenerationRequest, model: str, flavour: Flavour) -> di
         body["stop"] = stops
     if flavour.usage_stream:
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    if request.logprobs > 0:
+        body["logprobs"] = request.logprobs
     body.update(flavour.extra)
     body.update(token_io_fields(request, flavour))
     return body
@@ -259,6 +264,34 @@ def chunk_token_ids(choice: dict[str, Any], finish: str | None,
             and matched in stop_token_ids and ids[-1:] != (matched,)):
         ids += (matched,)
     return ids
+def choice_logprobs(choice: dict[str, Any], k: int) -> list[TokenLogprob]:
+    """The logprobs of one streamed ``/v1/completions`` choice (``logprobs.tokens``,
+    ``token_logprobs``, ``top_logprobs``: vLLM, llama-cpp-python), alternatives sorted and cut
+    to ``k``. Tokens are their text, or ids when the server sends ``token_id:N`` (vLLM's
+    ``return_tokens_as_token_ids``). A malformed block gives nothing rather than wrong values."""
+    block = choice.get("logprobs")
+    if k <= 0 or not isinstance(block, dict):
+        return []
+    tokens, chosen = block.get("tokens"), block.get("token_logprobs")
+    tops = block.get("top_logprobs") or []
+    if not isinstance(tokens, list) or not isinstance(chosen, list) or len(tokens) != len(chosen):
+        return []
+    entries = []
+    for i, (token, logprob) in enumerate(zip(tokens, chosen, strict=True)):
+        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        if not isinstance(token, str) or not isinstance(logprob, (int, float)):
+            return []
+        ranked = sorted(((_token(t), min(float(v), 0.0)) for t, v in top.items()
+                         if isinstance(v, (int, float))), key=lambda tv: -tv[1])[:k]
+        entries.append(TokenLogprob(_token(token), min(float(logprob), 0.0), tuple(ranked)))
+    return entries
+
+
+def _token(text: str) -> int | str:
+    """A token as a server names it: ``token_id:N`` is the id N, anything else its text."""
+    if text.startswith("token_id:") and text[9:].isdigit():
+        return int(text[9:])
+    return text
 
 
 def stop_to_append(text: str, finish: str | None, choice: dict[str, Any], stops: tuple[str, ...]) -> str:
@@ -421,6 +454,9 @@ class OpenAIEngine(Engine):
             return
         if delta.finish_reason is not None:
             running.finished = True
+        if running.logprobs:  # the logprobs read so far go with the next delta
+            delta = dataclasses.replace(delta, logprobs=tuple(running.logprobs))
+            running.logprobs.clear()
         running.queue.put_nowait(delta)
 
     async def _read(self, request: GenerationRequest, running: _Running) -> None:
@@ -498,6 +534,7 @@ class OpenAIEngine(Engine):
                 if not choices:
                     continue
                 choice = choices[0]
+                running.logprobs.extend(choice_logprobs(choice, request.logprobs))
                 piece = choice.get("text") or ""
                 raw_finish = choice.get("finish_reason")
                 ids += chunk_token_ids(choice, raw_finish, request.stop_token_ids)

@@ -8,7 +8,9 @@ extends the stream's first prompt) gets the n-th segment.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
+import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
+    TokenLogprob,
+    logprobs_from_json,
 )
 from aimo_infer.backends.streaming import StopMatcher
 from aimo_infer.config import EngineConfig
@@ -29,12 +33,25 @@ _TOKEN = re.compile(r"\s*[A-Za-z]+|\s*\d|\s*[^\sA-Za-z\d]|\s+")
 
 @dataclass(frozen=True)
 class ReplaySegment:
-    """One engine request's output: its text, token count (None: split by a simple rule)."""
+    """One engine request's output: its text, token count (None: split by a simple rule) and,
+    optionally, the logprobs recorded for its tokens (one per token)."""
 
     text: str
     tokens: int | None = None
     finish_reason: FinishReason = "stop"
     token_ids: tuple[int, ...] | None = None  # token-out: stream these ids (``text`` unused)
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+def scripted_logprob(seed: int, index: int, piece: str, k: int) -> TokenLogprob:
+    """A deterministic stand-in logprob for a token without a recorded one: the piece's hash is
+    its id, it is the most probable token, and the seed and position set how sure it is."""
+    token = zlib.crc32(piece.encode()) % 50_000
+    spread = 0.5 + ((seed * 31 + index * 17) % 97) / 24.0  # 0.5..4.5: how peaked
+    logits = [-spread * j for j in range(max(k, 1))]
+    norm = math.log(sum(math.exp(x) for x in logits) + math.exp(-spread * max(k, 1)))
+    top = tuple(((token + j) % 50_000, logits[j] - norm) for j in range(k))
+    return TokenLogprob(token, logits[0] - norm, top)
 
 
 def split_tokens(text: str, count: int | None = None) -> list[str]:
@@ -102,8 +119,11 @@ class ReplayEngine(Engine):
         for ev in events:
             if ev.get("event") == "segment" and (problem_id in (None, ev.get("problem_id"))):
                 ids = ev.get("token_ids")  # harmony segments record their token ids
-                seg = ReplaySegment(ev["text"], ev.get("tokens"), ev.get("finish_reason", "stop"),
-                                    tuple(ids) if isinstance(ids, list) else None)
+                recorded = ev.get("logprobs")
+                seg = ReplaySegment(
+                    ev["text"], ev.get("tokens"), ev.get("finish_reason", "stop"),
+                    token_ids=tuple(ids) if isinstance(ids, list) else None,
+                    logprobs=None if recorded is None else logprobs_from_json(recorded))
                 scripts.setdefault(int(ev["seed"]), []).append(seg)
         return cls(scripts, tokens_per_s=config.options.get("tokens_per_s"))
 
@@ -169,6 +189,19 @@ class ReplayEngine(Engine):
         loop = asyncio.get_running_loop()
         start = loop.time()
         stops = StopMatcher(request.stop if self._honour_stop else ())
+        k = request.logprobs
+        recorded = segment.logprobs if segment.logprobs is not None else ()
+        if len(recorded) != len(pieces):
+            recorded = ()  # a recording that does not match its text: stand-ins instead
+
+        def logprobs(i: int, piece: str) -> tuple[TokenLogprob, ...]:
+            if k <= 0:
+                return ()
+            if recorded:
+                entry = recorded[i]
+                return (TokenLogprob(entry.token, entry.logprob, entry.top[:k]),)
+            return (scripted_logprob(request.seed, i, piece, k),)
+
         for i, piece in enumerate(pieces):
             if self._running[rid]:
                 yield StreamDelta("", 0, "cancelled")
@@ -180,12 +213,12 @@ class ReplayEngine(Engine):
                 await asyncio.sleep(0)
             kept, matched = stops.feed(piece)
             if matched is not None:
-                yield StreamDelta(kept, 1, "stop")
+                yield StreamDelta(kept, 1, "stop", logprobs=logprobs(i, piece))
                 return
             if i + 1 >= request.max_tokens and i + 1 < len(pieces):
-                yield StreamDelta(piece, 1, "length")
+                yield StreamDelta(piece, 1, "length", logprobs=logprobs(i, piece))
                 return
-            yield StreamDelta(piece, 1)
+            yield StreamDelta(piece, 1, logprobs=logprobs(i, piece))
         if self._running[rid]:
             yield StreamDelta("", 0, "cancelled")
             return

@@ -11,9 +11,10 @@ import abc
 import asyncio
 import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 from aimo_infer.backends.base import (
     Engine,
@@ -23,6 +24,7 @@ from aimo_infer.backends.base import (
     FinishReason,
     GenerationRequest,
     StreamDelta,
+    TokenLogprob,
     find_stop,
 )
 from aimo_infer.manifest import EngineManifest
@@ -115,6 +117,7 @@ class RawDelta:
     finish_reason: str | None = None  # set on the engine's last chunk
     stop_reason: str | int | None = None  # the stop string or token id the engine stopped on
     token_ids: tuple[int, ...] = ()  # the chunk's generated ids (engines with token_io)
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token of this chunk, when asked for
 
 
 _CANCELLED = object()
@@ -243,17 +246,20 @@ class StreamingEngine(Engine):
                 # Engine-side stop strings can be missed; ours ends the request here, and the
                 # generator's cleanup aborts the engine request if it is still running.
                 state.engine_active = item.finish_reason is None
-                yield StreamDelta(text, item.num_tokens, "stop", token_ids=item.token_ids)
+                yield StreamDelta(text, item.num_tokens, "stop", token_ids=item.token_ids,
+                                  logprobs=item.logprobs)
                 return
             if item.finish_reason is None:
-                yield StreamDelta(text, item.num_tokens, token_ids=item.token_ids)
+                yield StreamDelta(text, item.num_tokens, token_ids=item.token_ids,
+                                  logprobs=item.logprobs)
                 continue
             state.engine_active = False
             finish = map_finish_reason(item.finish_reason)
             if finish == "stop" and isinstance(item.stop_reason, str) and item.stop_reason:
                 text += item.stop_reason  # the engine stripped its stop string: put it back
             error = f"engine finish reason {item.finish_reason!r}" if finish == "error" else None
-            yield StreamDelta(text, item.num_tokens, finish, error, token_ids=item.token_ids)
+            yield StreamDelta(text, item.num_tokens, finish, error, token_ids=item.token_ids,
+                              logprobs=item.logprobs)
             return
 
     async def _pump(
@@ -297,3 +303,24 @@ class StreamingEngine(Engine):
         for rid in list(self._running):
             await self.cancel(rid)
         await self._close()
+
+
+def ranked_logprobs(token_ids: Sequence[int], entries: Any, k: int) -> tuple[TokenLogprob, ...]:
+    """Per-token logprobs from the ``{token_id: Logprob}`` dicts vLLM and TensorRT-LLM's PyTorch
+    backend return (each holds the top k and the sampled token, which may rank past k; a
+    ``Logprob`` has ``.logprob``), alternatives sorted and cut to ``k``. A plain float per token
+    (TensorRT-LLM's engine path) gives the sampled token's logprob without alternatives."""
+    if k <= 0 or not entries:
+        return ()
+    out = []
+    for token, entry in zip(token_ids, entries, strict=False):
+        if isinstance(entry, (int, float)):
+            out.append(TokenLogprob(int(token), min(float(entry), 0.0)))
+            continue
+        values = {int(t): min(float(getattr(v, "logprob", v)), 0.0) for t, v in entry.items()}
+        top = tuple(sorted(values.items(), key=lambda tv: (-tv[1], tv[0]))[:k])
+        chosen = values.get(int(token))
+        if chosen is None:  # not reported: no more probable than the last alternative
+            chosen = top[-1][1] if top else 0.0
+        out.append(TokenLogprob(int(token), chosen, top))
+    return tuple(out)

@@ -29,8 +29,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from aimo_infer.backends.base import EngineError, EngineInfo, EngineUnavailable, GenerationRequest
-from aimo_infer.backends.streaming import RawDelta, StreamingEngine, import_engine_package
+from aimo_infer.backends.base import (
+    EngineError,
+    EngineInfo,
+    EngineUnavailable,
+    GenerationRequest,
+    TokenLogprob,
+)
+from aimo_infer.backends.streaming import (
+    RawDelta,
+    StreamingEngine,
+    import_engine_package,
+    ranked_logprobs,
+)
 from aimo_infer.config import EngineConfig
 from aimo_infer.manifest import EngineManifest, load_manifest, load_options
 
@@ -68,6 +79,8 @@ def trtllm_sampling_kwargs(
     }
     if request.min_p > 0.0:
         kwargs["min_p"] = request.min_p
+    if request.logprobs > 0:
+        kwargs["logprobs"] = request.logprobs
     return kwargs
 
 
@@ -102,6 +115,13 @@ def torch_sampler_seeded(version: str) -> bool:
     """Whether this TensorRT-LLM's PyTorch sampler honours per-request seeds (after 1.2)."""
     m = re.match(r"(\d+)\.(\d+)", version)
     return m is not None and (int(m.group(1)), int(m.group(2))) >= SEEDED_TORCH_SAMPLER
+
+
+def trtllm_logprobs(completion: Any, k: int) -> tuple[TokenLogprob, ...]:
+    """A streamed output's new logprobs (``logprobs_diff``): the PyTorch backend gives one
+    ``{token_id: Logprob}`` per token (the top k; the sampled token is not guaranteed among
+    them), the engine path (1.2) only the sampled token's logprob, as a float per token."""
+    return ranked_logprobs(completion.token_ids_diff, getattr(completion, "logprobs_diff", None), k)
 
 
 def is_engine_dir(path: Path, manifest: EngineManifest | None) -> bool:
@@ -281,6 +301,7 @@ class TRTLLMEngine(StreamingEngine):
                     num_tokens=len(completion.token_ids_diff),
                     finish_reason=completion.finish_reason if out.finished else None,
                     stop_reason=completion.stop_reason,
+                    logprobs=trtllm_logprobs(completion, request.logprobs),
                 )
         finally:
             self._results.pop(rid, None)

@@ -12,12 +12,19 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aimo_infer.backends.base import EngineError, EngineInfo, EngineUnavailable, GenerationRequest
+from aimo_infer.backends.base import (
+    EngineError,
+    EngineInfo,
+    EngineUnavailable,
+    GenerationRequest,
+    TokenLogprob,
+)
 from aimo_infer.backends.streaming import (
     RawDelta,
     StreamingEngine,
     identical_seeds_reason,
     import_engine_package,
+    ranked_logprobs,
 )
 from aimo_infer.config import EngineConfig
 from aimo_infer.manifest import load_manifest, load_options
@@ -49,7 +56,14 @@ def vllm_sampling_kwargs(request: GenerationRequest, max_tokens: int) -> dict[st
         "include_stop_str_in_output": True,
         # Token-out: vLLM keeps the stop token as the last of the output's token_ids.
         "stop_token_ids": list(request.stop_token_ids) or None,
+        "logprobs": request.logprobs or None,  # None: none computed
     }
+
+
+def vllm_logprobs(completion: Any, k: int) -> tuple[TokenLogprob, ...]:
+    """A DELTA output's logprobs: ``CompletionOutput.logprobs`` holds one ``{token_id:
+    Logprob}`` per new token (the top k and the sampled one), from the raw logits by default."""
+    return ranked_logprobs(completion.token_ids, completion.logprobs, k)
 
 
 class VLLMEngine(StreamingEngine):
@@ -132,6 +146,7 @@ class VLLMEngine(StreamingEngine):
                 finish_reason=completion.finish_reason if out.finished else None,
                 stop_reason=completion.stop_reason,
                 token_ids=tuple(completion.token_ids),
+                logprobs=vllm_logprobs(completion, request.logprobs),
             )
 
     async def _abort(self, request_id: str) -> None:

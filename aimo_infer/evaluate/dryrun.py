@@ -137,7 +137,7 @@ def grade_result(result: ProblemResult | None, problem: Problem, order: int,
         streams.append(StreamRecord(
             s.index, s.seed, s.end, s.answer, judge(s.answer)[0], s.tokens, s.num_code_calls,
             sum(c.elapsed_s for c in s.code_calls), s.started_at - start, finish - start,
-            s.error))
+            s.error, s.confidence, s.end_detail))
     if result is None or result.stop_reason == "deadline":
         decision = min(timing.deadline_s, timing.used_s)
     else:  # the controller decided when the last voting stream came in

@@ -22,10 +22,13 @@ def write_plots(records: Sequence[ProblemRecord], report: dict[str, Any],
     run_dir = Path(run_dir)
     ordered = sorted(records, key=lambda r: r.order)
     paths = []
-    for name, draw in (("time_per_problem", _time_per_problem),
-                       ("accuracy_by_source", _accuracy_by_source),
-                       ("votes_histogram", _votes_histogram),
-                       ("tokens_per_stream", _tokens_per_stream)):
+    drawings = [("time_per_problem", _time_per_problem),
+                ("accuracy_by_source", _accuracy_by_source),
+                ("votes_histogram", _votes_histogram),
+                ("tokens_per_stream", _tokens_per_stream)]
+    if report.get("confidence"):  # recorded with logprobs
+        drawings.append(("stream_confidence", _stream_confidence))
+    for name, draw in drawings:
         fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
         try:
             draw(ax, ordered, report)
@@ -103,4 +106,18 @@ def _tokens_per_stream(ax: Any, records: Sequence[ProblemRecord],
     ax.set_xlabel("tokens per stream")
     ax.set_ylabel("streams")
     ax.set_title("Stream lengths")
+    ax.legend(fontsize=8)
+
+
+def _stream_confidence(ax: Any, records: Sequence[ProblemRecord],
+                       report: dict[str, Any]) -> None:
+    """Lowest sliding-window group confidence of streams with a right vs a wrong answer."""
+    for outcome, label in ((True, "right answer"), (False, "wrong answer")):
+        values = [float(s.confidence["lowest_group"]) for r in records for s in r.streams
+                  if s.confidence and s.answer is not None and s.correct is outcome]
+        if values:
+            ax.hist(values, bins=30, alpha=0.6, color=COLORS[outcome], label=label)
+    ax.set_xlabel("lowest group confidence (DeepConf; higher: surer)")
+    ax.set_ylabel("streams")
+    ax.set_title("Stream confidence, right vs wrong answers")
     ax.legend(fontsize=8)

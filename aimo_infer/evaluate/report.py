@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aimo_infer.errors import DataError
+from aimo_infer.evaluate.report_confidence import confidence_section, render_confidence
 from aimo_infer.evaluate.runs import (
     REPORT_JSON,
     REPORT_MD,
@@ -229,6 +230,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "early_stop": early_stop_section(records, max_tokens),
         "genselect": genselect_section(records),
         "wrong": wrong_answers(records),
+        "confidence": confidence_section(records, solve),
     }
 
 
@@ -302,6 +304,7 @@ def render_markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
                 f"{w['used_s']:.1f} | {'yes' if w['right_answer_generated'] else 'no'} |")
     else:
         lines.append("None.")
+    lines += render_confidence(report.get("confidence"))
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"

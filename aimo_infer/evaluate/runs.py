@@ -41,6 +41,8 @@ class StreamRecord:
     start_s: float
     finish_s: float
     error: str | None = None
+    confidence: dict[str, Any] | None = None  # ConfidenceSummary record (logprobs on)
+    end_detail: str | None = None  # why it ended, where ``end`` alone does not say
 
     @property
     def votes(self) -> bool:

@@ -17,11 +17,18 @@ What a recording cannot tell, and what is assumed instead:
   recorded partial answer if it had one by then, else nothing.
 - ``tok_s_scale`` divides generation time (not code time) by the scale; the rate does not
   change with the number of streams running.
+- Selection rules re-choose from the recorded confidence of each stream (``--select``). The
+  online confidence stop is replayed from each stream's recorded window lows: a stream stops
+  at the first token whose window confidence fell below the threshold, timed in proportion to
+  its tokens. With a warmup threshold (known only once the warmup streams finished) a stream
+  whose window fell below it earlier is assumed still below then, and stops at that moment.
+  A stream the recording stopped for low confidence is a cut stream.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,8 +38,9 @@ from aimo_infer.errors import DataError
 from aimo_infer.evaluate.run_budget import solve_window
 from aimo_infer.evaluate.runs import ProblemRecord, StreamRecord
 from aimo_infer.kaggle.budget import TimeBudget
-from aimo_infer.solve.policies import StopPolicy
-from aimo_infer.solve.vote import Answer, VoteResult, majority_vote
+from aimo_infer.solve.confidence import ConfidenceSummary
+from aimo_infer.solve.policies import ConfidenceStop, StopPolicy
+from aimo_infer.solve.vote import Answer, Ballot, SelectSettings, VoteResult, select
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class SimStream:
     finish_s: float  # when it ends by itself (a cut stream: an estimate)
     tokens: int  # tokens when it ends (a cut stream: an estimate)
     cut_s: float | None = None  # set for a stream the recording cut: its answer then is known
+    confidence: ConfidenceSummary | None = None  # recorded with logprobs on
 
 
 @dataclass(frozen=True)
@@ -83,30 +92,62 @@ class SimOutcome:
 
 
 def simulate_problem(problem: SimProblem, policy: StopPolicy,
-                     deadline_s: float | None = None) -> SimOutcome:
+                     deadline_s: float | None = None,
+                     selection: SelectSettings | None = None,
+                     confidence_stop: ConfidenceStop | None = None) -> SimOutcome:
     """The controller's loop on known arrivals: vote as streams arrive, stop when the policy
-    fires with streams still running, cut what is left at the deadline."""
-    streams = problem.streams
+    fires with streams still running, cut what is left at the deadline; streams the online
+    confidence stop would have cut end early and do not vote."""
+    streams = list(problem.streams)
     num_streams = len(streams)
-    order = sorted(range(num_streams), key=lambda i: (streams[i].finish_s, i))
-    answers: list[Answer | None] = []
-    cut = 0
+    stopped: set[int] = set()
     arrived: set[int] = set()
+    threshold = None if confidence_stop is None else confidence_stop.threshold_from([])
+    warmup: list[float] = []
+
+    def apply_threshold(now: float) -> None:
+        assert threshold is not None
+        for i, stream in enumerate(streams):
+            if i in arrived or i in stopped:
+                continue
+            at = _confidence_stop_at(stream, threshold, now)
+            if at is not None:
+                streams[i] = at
+                stopped.add(i)
+
+    if threshold is not None:
+        apply_threshold(0.0)
+    answers: list[Answer | None] = []
+    ballots: list[Ballot] = []
+    cut = dropped = 0
     stop_reason, decision = "all finished", 0.0
-    for position, i in enumerate(order):
+    while len(arrived) < num_streams:
+        i = min((j for j in range(num_streams) if j not in arrived),
+                key=lambda j: (streams[j].finish_s, j))  # fmt: skip
         stream = streams[i]
         if deadline_s is not None and stream.finish_s > deadline_s:
             stop_reason, decision = "deadline", deadline_s
             break
         arrived.add(i)
         decision = stream.finish_s
-        if stream.cut_s is None:
+        if i in stopped:
+            dropped += 1
+        elif stream.cut_s is None:
             answers.append(stream.answer)
+            ballots.append(Ballot(stream.answer, stream.confidence))
+            summary = stream.confidence
+            if (confidence_stop is not None and threshold is None and summary is not None
+                    and summary.tokens > 0):  # fmt: skip
+                warmup.append(summary.lowest_group)
+                threshold = confidence_stop.threshold_from(warmup)
+                if threshold is not None:
+                    apply_threshold(stream.finish_s)
         else:
             answers.append(None)
+            ballots.append(Ballot(None))
             cut += 1
-        reason = policy.fired(answers, num_streams)
-        if reason is not None and position < num_streams - 1:
+        reason = policy.fired(answers, num_streams - dropped)
+        if reason is not None and len(arrived) < num_streams:
             stop_reason = reason
             break
     if stop_reason == "deadline":
@@ -116,12 +157,31 @@ def simulate_problem(problem: SimProblem, policy: StopPolicy,
             stream = streams[i]
             known = stream.cut_s is not None and stream.cut_s <= decision
             answers.append(stream.answer if known else None)
+            ballots.append(Ballot(stream.answer if known else None, stream.confidence))
             cut += stream.answer is not None and not known
-    vote = majority_vote(answers)
+    vote = select(ballots, selection or SelectSettings())
     tokens = sum(_tokens_at(s, decision) for s in streams)
     return SimOutcome(problem.problem_id, problem.source, vote, stop_reason, decision,
                       decision + problem.overhead_s, deadline_s, tokens, cut,
                       problem.is_correct(vote.answer))
+
+
+def _confidence_stop_at(stream: SimStream, threshold: float, now: float) -> SimStream | None:
+    """The stream as the online stop would end it (at its first window below ``threshold``,
+    not before ``now``), or None when it would not stop before its own end."""
+    summary = stream.confidence
+    if summary is None or summary.tokens <= 0:
+        return None
+    at = summary.first_below(threshold)
+    if at is None:
+        return None
+    recorded_end = stream.cut_s if stream.cut_s is not None else stream.finish_s
+    when = max(now, recorded_end * at / summary.tokens)
+    if when >= stream.finish_s:
+        return None
+    tokens = max(at, int(stream.tokens * when / stream.finish_s)) if stream.finish_s > 0 else at
+    return dataclasses.replace(stream, finish_s=when, tokens=min(tokens, stream.tokens),
+                               cut_s=None)
 
 
 def _tokens_at(stream: SimStream, t: float) -> int:
@@ -150,21 +210,24 @@ class RunOutcome:
 
 
 def simulate_run(problems: Sequence[SimProblem], policy: StopPolicy,
-                 budget: BudgetConfig | None = None, wind_down_s: float = 0.0) -> RunOutcome:
+                 budget: BudgetConfig | None = None, wind_down_s: float = 0.0,
+                 selection: SelectSettings | None = None,
+                 confidence_stop: ConfidenceStop | None = None) -> RunOutcome:
     """Problems one after another, each with the deadline the time budget grants it.
 
     The budget runs on a virtual clock that advances by the time each problem is charged,
     exactly as the dry run drives it; ``budget=None`` means no deadline.
     """
     if budget is None:
-        return RunOutcome(tuple(simulate_problem(p, policy) for p in problems))
+        return RunOutcome(tuple(simulate_problem(p, policy, None, selection, confidence_stop)
+                                for p in problems))  # fmt: skip
     clock = 0.0
     time_budget = TimeBudget(budget, start=clock, num_problems=len(problems))
     outcomes = []
     for problem in problems:
         allotment = time_budget.allot(clock)
         deadline = solve_window(allotment.seconds, wind_down_s)
-        outcome = simulate_problem(problem, policy, deadline)
+        outcome = simulate_problem(problem, policy, deadline, selection, confidence_stop)
         time_budget.settle(allotment, outcome.used_s)
         clock += outcome.used_s
         outcomes.append(outcome)
@@ -202,7 +265,7 @@ def _gen_s(s: StreamRecord) -> float:
 def _was_cut(record: ProblemRecord, s: StreamRecord) -> bool:
     """Cut by the controller (a policy, or the problem deadline); a per-stream timeout is the
     stream's own end, since the simulator does not change it."""
-    return s.end == "cancelled" or (
+    return s.end in ("cancelled", "low_confidence") or (
         s.end == "deadline" and record.stop_reason == "deadline"
         and s.finish_s >= record.deadline_s
     )
@@ -225,15 +288,19 @@ def problem_from_record(record: ProblemRecord, lengths: LengthModel, num_streams
 
     streams = []
     for s in recorded[:n]:
+        confidence = ConfidenceSummary.from_record(s.confidence) if s.confidence else None
         if not _was_cut(record, s):
-            streams.append(SimStream(s.answer, scaled(s, s.finish_s), s.tokens))
+            streams.append(SimStream(s.answer, scaled(s, s.finish_s), s.tokens,
+                                     confidence=confidence))
             continue
-        cut_at = record.decision_s if s.end == "cancelled" else record.deadline_s
+        cut_at = {"cancelled": record.decision_s, "low_confidence": s.finish_s}.get(
+            s.end or "", record.deadline_s)
         gen_s = max(0.0, cut_at - s.start_s - s.code_s)
         rate = s.tokens / gen_s if s.tokens > 0 and gen_s > 0 else lengths.median_rate
         final = lengths.final_tokens(s.tokens)
         finish = max(s.finish_s, cut_at + (final - s.tokens) / rate)
-        streams.append(SimStream(s.answer, scaled(s, finish), final, scaled(s, cut_at)))
+        streams.append(SimStream(s.answer, scaled(s, finish), final, scaled(s, cut_at),
+                                 confidence))
     answer_correct: dict[Answer, bool] = {}
     for s in record.streams:
         if s.answer is not None and s.correct is not None:

@@ -15,6 +15,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aimo_infer.config import (
     BudgetConfig,
@@ -40,8 +41,9 @@ from aimo_infer.evaluate.simulate import (
     problem_from_record,
     simulate_run,
 )
-from aimo_infer.solve.policies import PRESETS, parse_policy
+from aimo_infer.solve.policies import CONFIDENCE_STOPS, PRESETS, ConfidenceStop, parse_policy
 from aimo_infer.solve.stream import stopped_early
+from aimo_infer.solve.vote import SELECT_RULES, SelectSettings
 
 # Rules near the presets, for sweeps: looser and tighter agreement, earlier and later quorum.
 NEARBY_RULES: tuple[str, ...] = (
@@ -116,12 +118,15 @@ def recorded_score(records: Sequence[ProblemRecord], genselect: bool = True) -> 
 
 def rescore_records(records: Sequence[ProblemRecord], policy: str, num_streams: int | None,
                     budget: BudgetConfig | None, wind_down_s: float, max_tokens: int,
-                    tok_s_scale: float = 1.0) -> RunOutcome:
-    """A recorded run re-scored under ``policy``, in the order it was served."""
+                    tok_s_scale: float = 1.0, selection: SelectSettings | None = None,
+                    confidence_stop: ConfidenceStop | None = None) -> RunOutcome:
+    """A recorded run re-scored under ``policy`` (and a selection rule, an online confidence
+    stop), in the order it was served."""
     lengths = LengthModel.from_records(records, max_tokens)
     problems = [problem_from_record(r, lengths, num_streams, tok_s_scale)
                 for r in sorted(records, key=lambda r: r.order)]
-    return simulate_run(problems, parse_policy(policy), budget, wind_down_s)
+    return simulate_run(problems, parse_policy(policy), budget, wind_down_s, selection,
+                        confidence_stop)
 
 
 def sample_sweep(groups: dict[str, list[SampledProblem]], policies: Sequence[str],
@@ -200,6 +205,17 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--seed", type=int, default=0, help="traces: seed of the draws")
     p.add_argument("--model", action="append", metavar="NAME",
                    help="traces: only these models (repeatable)")
+    p.add_argument("--select", action="append", metavar="RULE",
+                   help=f"run dir: answer selection ({', '.join(SELECT_RULES)}, or all); "
+                   "repeat to compare (default: the recorded one); needs recorded logprobs")
+    p.add_argument("--confidence-stop", choices=CONFIDENCE_STOPS, metavar="RULE",
+                   help="run dir: replay the online confidence stop: none or deepconf "
+                   "(default: the recorded setting)")
+    p.add_argument("--stop-threshold", type=float, metavar="C",
+                   help="deepconf stop: fixed window-confidence threshold")
+    p.add_argument("--stop-percentile", type=float, metavar="P",
+                   help="deepconf stop: percentile of the warmup streams' lowest groups")
+    p.add_argument("--stop-warmup", type=int, metavar="N", help="deepconf stop: warmup streams")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -239,6 +255,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise MissingFile(f"not found: {source}")
     check_flags(args)
     if is_sample_trace(source):
+        if args.select or args.confidence_stop:
+            raise ValueError("--select and --confidence-stop replay recorded confidence: "
+                             "give a dry-run directory")
         return _simulate_samples(source, args)
     return _simulate_run_dir(source, args)
 
@@ -260,19 +279,57 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
     wind_down = float(config.get("submission", {}).get("wind_down_s",
                                                        SubmissionConfig().wind_down_s))
     max_tokens = int(solve.get("sampling", {}).get("max_tokens", 4096))
+    selections, stop = _confidence_settings(solve, args)
+    needs = stop is not None or any(s.rule != "majority" for s in selections)
+    if needs and not any(s.confidence for r in records for s in r.streams):
+        raise ValueError(f"{run_dir}: no stream recorded its confidence; run the dry run with "
+                         "--logprobs 5 to compare selection rules or confidence stops")
     scores = [recorded_score(records)]
     if args.no_genselect:
         scores.append(recorded_score(records, genselect=False))
     for policy in _policies(args, solve.get("stop_policy", "nemo")):
-        outcome = rescore_records(records, policy, args.streams, budget, wind_down, max_tokens,
-                                  args.tok_s_scale)
-        scores.append(score_runs(policy, [outcome]))
+        for selection in selections:
+            outcome = rescore_records(records, policy, args.streams, budget, wind_down,
+                                      max_tokens, args.tok_s_scale, selection, stop)
+            label = policy if len(selections) == 1 and not args.select else (
+                f"{policy} | select {selection.rule}")
+            scores.append(score_runs(label + ("" if stop is None else " | conf-stop"),
+                                     [outcome]))
     n = args.streams or solve.get("num_streams")
     print_scores(scores, f"{run_dir}: {len(records)} problems, {n} streams, tok/s x"
                  f"{args.tok_s_scale:g}" + ("" if budget is None else
                                             f", base {budget.base_s:g} s + up to "
                                             f"{budget.max_extra_s:g} s"))
     return 0
+
+
+def _confidence_settings(
+    solve: dict[str, Any], args: argparse.Namespace
+) -> tuple[list[SelectSettings], ConfidenceStop | None]:
+    """Selection rules and the online stop to replay: the flags over the recorded config."""
+    recorded = solve.get("confidence", {})
+    rules = list(args.select or [solve.get("select", "majority")])
+    if "all" in rules:
+        rules = list(SELECT_RULES)
+    floor = float(recorded.get("entropy_floor", 0.01))
+    eta = float(recorded.get("deepconf_eta", 90.0))
+    selections = [SelectSettings(rule, floor, eta) for rule in dict.fromkeys(rules)]
+    kind = args.confidence_stop or recorded.get("stop", "none")
+    if kind == "none":
+        if any(v is not None for v in (args.stop_threshold, args.stop_percentile,
+                                       args.stop_warmup)):  # fmt: skip
+            raise ValueError("--stop-threshold/--stop-percentile/--stop-warmup need "
+                             "--confidence-stop deepconf")
+        return selections, None
+    threshold = args.stop_threshold
+    if threshold is None and args.stop_percentile is None:
+        threshold = recorded.get("stop_threshold")
+    percentile = args.stop_percentile
+    if percentile is None:
+        percentile = float(recorded.get("stop_percentile", 10.0))
+    warmup = args.stop_warmup if args.stop_warmup is not None else int(
+        recorded.get("stop_warmup", 4))
+    return selections, ConfidenceStop(threshold, warmup, percentile)
 
 
 def _simulate_samples(path: Path, args: argparse.Namespace) -> int:

@@ -14,9 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aimo_infer.backends.base import Engine, GenerationRequest, find_stop
+from aimo_infer.backends.base import (
+    Engine,
+    GenerationRequest,
+    TokenLogprob,
+    find_stop,
+    logprobs_to_json,
+)
 from aimo_infer.config import Config
 from aimo_infer.solve.answer import extract_answer, prose
+from aimo_infer.solve.confidence import ConfidenceSummary, StreamConfidence
 from aimo_infer.solve.cutoff import CANCEL_GRACE_S, cancel_in_background, cut_grace, end_tasks
 from aimo_infer.solve.faults import raised_by_harness
 from aimo_infer.solve.genselect import GenSelectRecord
@@ -24,6 +31,7 @@ from aimo_infer.solve.genselect_run import maybe_genselect
 from aimo_infer.solve.harmony import HarmonyLoop, answer_text
 from aimo_infer.solve.policies import StopPolicy, parse_policy
 from aimo_infer.solve.prompts import load_profile, render_prompt
+from aimo_infer.solve.select import ConfidencePlan, OnlineStop
 from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus, votes
 from aimo_infer.solve.tir import (
     NO_CODE_FEEDBACK,
@@ -35,7 +43,7 @@ from aimo_infer.solve.tir import (
     loose_code_block,
     output_markers,
 )
-from aimo_infer.solve.vote import Answer, VoteResult, majority_vote
+from aimo_infer.solve.vote import Answer, Ballot, VoteResult, select
 from aimo_infer.traces import TraceWriter
 from sandbox.api import CodeRunner, Session
 
@@ -57,10 +65,12 @@ class _Live:
     finish: str = "error"
     error: str | None = None
     frozen: bool = False  # the controller took a snapshot: the task no longer owns the result
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # this segment's, if asked for
+    tracker: StreamConfidence | None = None  # the stream's confidence, across its segments
 
     def begin(self, start: int) -> None:
         self.start, self.pieces, self.tokens, self.cut, self.block = start, [], 0, None, None
-        self.finish, self.error = "error", None
+        self.finish, self.error, self.logprobs = "error", None, []
 
 
 @dataclass
@@ -110,6 +120,8 @@ class Controller:
         self.clock = clock
         self.profile = load_profile(config.solve.prompt)
         self.policy: StopPolicy = parse_policy(config.solve.stop_policy)
+        self.confidence = ConfidencePlan.from_config(config.solve)
+        self._online: dict[str, OnlineStop] = {}  # per problem being solved
         if self.profile.runs_code and runner is None:
             raise ValueError(f"prompt profile {self.profile.name!r} runs code: a sandbox is needed")
         self.harmony: HarmonyLoop | None = None  # the Harmony profile's loop (solve/harmony.py)
@@ -151,6 +163,7 @@ class Controller:
             asyncio.create_task(self._run_stream(problem_id, s, prompt, live[s.index])): s
             for s in streams
         }
+        self._online[problem_id] = OnlineStop(self.confidence.stop)
         finished: list[Stream] = []
         stop_reason = "all finished"
         pending = set(tasks)
@@ -178,7 +191,8 @@ class Controller:
                     pending -= expired
                     await cut(expired, "deadline")
                 answers = [s.answer for s in finished if votes(s.end)]
-                reason = self.policy.fired(answers, cfg.num_streams)
+                dropped = sum(s.end == "low_confidence" for s in finished)  # can no longer vote
+                reason = self.policy.fired(answers, cfg.num_streams - dropped)
                 if reason is not None and pending:
                     stop_reason = reason
                     await cut(pending, "cancelled")
@@ -186,7 +200,9 @@ class Controller:
         except BaseException:  # solve() itself cancelled: leave nothing running behind
             self._drop(tasks)
             raise
-        vote = majority_vote([s.answer for s in finished if votes(s.end)])
+        finally:
+            self._online.pop(problem_id, None)
+        vote = select([_ballot(s) for s in finished if votes(s.end)], self.confidence.select)
         result = ProblemResult(problem_id, vote.answer, vote, stop_reason, streams,
                                self.clock() - started, prompt,
                                sum(1 for t in tasks if not t.done()))
@@ -194,7 +210,8 @@ class Controller:
         result = await maybe_genselect(self.engine, self.config, result, problem, deadline,
                                        self.clock, self._trace)
         self._trace("problem_end", problem_id=problem_id, answer=result.answer,
-                    votes=[[a, c] for a, c in vote.counts], stop_reason=stop_reason,
+                    votes=[[a, c] for a, c in vote.counts], select=vote.rule,
+                    scores=[[a, w] for a, w in vote.scores], stop_reason=stop_reason,
                     elapsed_s=result.elapsed_s, total_tokens=result.total_tokens)
         return result
 
@@ -274,10 +291,12 @@ class Controller:
         text = (answer_text(stream.text) if self.harmony is not None
                 else prose(stream.text, stream.hidden))
         stream.answer = extract_answer(text, self.config.solve.profile)
+        self._stream_finished(problem_id, stream)
         self._trace("stream_end", problem_id=problem_id, stream=stream.index,
                     seed=stream.seed, end=stream.end, answer=stream.answer,
                     tokens=stream.tokens, code_calls=stream.num_code_calls,
-                    elapsed_s=stream.elapsed_s, error=stream.error)
+                    elapsed_s=stream.elapsed_s, error=stream.error,
+                    end_detail=stream.end_detail, confidence=stream.confidence)
 
     async def _run_stream(self, problem_id: str, stream: Stream, prompt: str,
                           live: _Live) -> None:
@@ -306,6 +325,29 @@ class Controller:
             for session in sessions:
                 await asyncio.shield(self._close_session(session))
 
+    def _low_confidence(
+        self, problem_id: str, stream: Stream, tracker: StreamConfidence,
+        entries: tuple[TokenLogprob, ...],
+    ) -> bool:
+        """Feed new tokens to the stream's confidence; True when the online stop ends it now."""
+        online = self._online.get(problem_id)
+        stopped = False
+        for entry in entries:
+            tracker.add(entry)
+            if stream.end is None and online is not None and online.rule is not None:
+                why = online.check(tracker)
+                if why is not None:
+                    stream.end, stream.end_detail = "low_confidence", why
+                    stopped = True
+        return stopped
+
+    def _stream_finished(self, problem_id: str, stream: Stream) -> None:
+        """A finished stream's confidence joins its problem's online-stop warmup."""
+        online = self._online.get(problem_id)
+        if online is not None and stream.confidence is not None:
+            online.finished(ConfidenceSummary.from_record(stream.confidence),
+                            votes(stream.end))
+
     async def _close_session(self, session: Session) -> None:
         try:
             await session.close()
@@ -321,12 +363,15 @@ class Controller:
             text = text[: live.cut - live.start]
         stream.tokens += live.tokens
         stream.text += text
+        if live.tracker is not None:
+            stream.confidence = live.tracker.summary().to_record()
         self._trace("segment", problem_id=problem_id, stream=stream.index, seed=stream.seed,
                     text=text, tokens=live.tokens,
-                    finish_reason="stop" if live.cut is not None else live.finish)
+                    finish_reason="stop" if live.cut is not None else live.finish,
+                    **({"logprobs": logprobs_to_json(live.logprobs)} if live.logprobs else {}))
         live.begin(len(stream.text))
 
-    async def _read_segment(self, request: GenerationRequest, stream: Stream,
+    async def _read_segment(self, problem_id: str, request: GenerationRequest, stream: Stream,
                             live: _Live) -> None:
         """Read one request's deltas into ``live`` until its finish delta (nothing after it is
         read); stop taking text at a closed code block or an output marker."""
@@ -338,6 +383,11 @@ class Controller:
         deltas = self.engine.generate(request)
         try:
             async for delta in deltas:
+                if live.tracker is not None and delta.logprobs:
+                    live.logprobs.extend(delta.logprobs)
+                    if self._low_confidence(problem_id, stream, live.tracker,
+                                            delta.logprobs) and delta.finish_reason is None:
+                        cancel_in_background(self.engine.cancel, [request.request_id])
                 if delta.text:
                     live.tokens += delta.num_tokens
                     if live.cut is None:
@@ -371,6 +421,7 @@ class Controller:
         cfg = self.config.solve
         sampling, tir = cfg.sampling, cfg.tir
         fmt = self.profile.tool_format
+        live.tracker = self.confidence.tracker()  # across segments: generated tokens only
         while stream.end is None:
             remaining = sampling.max_tokens - stream.tokens
             if remaining <= 0:
@@ -382,12 +433,13 @@ class Controller:
                 prompt=prompt + stream.text, seed=stream.seed,
                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                 min_p=sampling.min_p, stop=fmt.stop, max_tokens=remaining,
+                logprobs=self.confidence.logprobs,
             )
             stream.request_id = request.request_id
             stream.segments += 1
             stream.status = StreamStatus.GENERATING
             try:
-                await self._read_segment(request, stream, live)
+                await self._read_segment(problem_id, request, stream, live)
             finally:
                 segment_start, block, cut, finish = live.start, live.block, live.cut, live.finish
                 error = live.error
@@ -436,3 +488,8 @@ class Controller:
         stream.hidden += [(block.start, block.end), (output_at, len(stream.text))]
         self._trace("code", problem_id=problem_id, stream=stream.index, code=block.code,
                     status=status, feedback=feedback, elapsed_s=elapsed)
+
+
+def _ballot(stream: Stream) -> Ballot:
+    summary = None if stream.confidence is None else ConfidenceSummary.from_record(stream.confidence)
+    return Ballot(stream.answer, summary)

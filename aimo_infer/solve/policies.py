@@ -52,6 +52,24 @@ class Quorum:
 
 
 @dataclass(frozen=True)
+class Leader:
+    """Stop when the leading answer can no longer be overtaken: the runner-up's count plus the
+    streams still running is at most the leader's (a tie then goes to the leader, which reached
+    its count first). The AIMO-3 runner-up's rule."""
+
+    def fired(self, answers: Sequence[Answer | None], num_streams: int) -> str | None:
+        counts = Counter(a for a in answers if a is not None).most_common(2)
+        if not counts:
+            return None
+        leader, top = counts[0]
+        second = counts[1][1] if len(counts) > 1 else 0
+        running = max(0, num_streams - len(answers))
+        if second + running <= top:
+            return f"leader: {leader} has {top}, the runner-up {second} with {running} running"
+        return None
+
+
+@dataclass(frozen=True)
 class AnyOf:
     """Stop when any of the rules fires; the first one's reason is reported."""
 
@@ -78,7 +96,7 @@ PRESETS: dict[str, str] = {
     "all": "",
 }
 
-_RULE = re.compile(r"^(agree)=(\d+)(?:of(\d+))?$|^(quorum)=(\d+)$")
+_RULE = re.compile(r"^(agree)=(\d+)(?:of(\d+))?$|^(quorum)=(\d+)$|^(leader)$")
 
 
 def parse_policy(spec: str) -> AnyOf:
@@ -91,9 +109,11 @@ def parse_policy(spec: str) -> AnyOf:
             presets = ", ".join(PRESETS)
             raise ConfigError(
                 f"bad stop policy {part!r}: use a preset ({presets}) or rules like "
-                "'agree=4of5,quorum=10'"
+                "'agree=4of5,quorum=10' (also: leader)"
             )
-        if m.group(1):
+        if m.group(6):
+            rules.append(Leader())
+        elif m.group(1):
             k, within = int(m.group(2)), int(m.group(3)) if m.group(3) else None
             if k < 1 or (within is not None and within < k):
                 raise ConfigError(f"bad stop policy {part!r}: need 1 <= k <= window")
@@ -104,3 +124,50 @@ def parse_policy(spec: str) -> AnyOf:
                 raise ConfigError(f"bad stop policy {part!r}: quorum must be >= 1")
             rules.append(Quorum(q))
     return AnyOf(tuple(rules))
+
+
+# -- stopping a stream on low confidence (DeepConf online) ---------------------------------------
+
+CONFIDENCE_STOPS = ("none", "deepconf")
+
+
+@dataclass(frozen=True)
+class ConfidenceStop:
+    """DeepConf online (arXiv 2508.15260, alg. 2): a running stream whose sliding-window
+    confidence falls below a threshold is stopped (and does not vote). The threshold is given,
+    or the ``percentile`` of the lowest-group confidences of the first ``warmup`` streams of the
+    problem to finish (10: DeepConf-high keeps 90%; 90: DeepConf-low keeps 10%). Only a full
+    window is judged."""
+
+    threshold: float | None = None
+    warmup: int = 4
+    percentile: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.warmup < 1:
+            raise ValueError(f"confidence stop warmup must be >= 1, got {self.warmup}")
+        if not 0.0 <= self.percentile <= 100.0:
+            raise ValueError(f"confidence stop percentile must be in [0, 100], got {self.percentile}")
+
+    def threshold_from(self, warmup_lows: Sequence[float]) -> float | None:
+        """The threshold, given the lowest-group confidences of the problem's finished streams
+        in finish order; None while the warmup is not complete."""
+        if self.threshold is not None:
+            return self.threshold
+        if len(warmup_lows) < self.warmup:
+            return None
+        return percentile(warmup_lows[: self.warmup], self.percentile)
+
+    def fired(self, window_full: bool, window_confidence: float, threshold: float | None) -> bool:
+        return threshold is not None and window_full and window_confidence < threshold
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile with linear interpolation between ranks (numpy's default)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile of no values")
+    at = (len(ordered) - 1) * q / 100.0
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)

@@ -8,9 +8,12 @@ from typing import Literal
 
 from aimo_infer.solve.vote import Answer
 
-StreamEnd = Literal["stop", "length", "cancelled", "deadline", "code_limit", "error"]
+StreamEnd = Literal[
+    "stop", "length", "cancelled", "deadline", "code_limit", "error", "low_confidence"
+]
 """stop: the model ended; length: token limit; cancelled: an early-stop policy fired; deadline:
-the problem or stream deadline cut it; code_limit: a code block past the limit; error: engine."""
+the problem or stream deadline cut it; code_limit: a code block past the limit; error: engine;
+low_confidence: the online confidence stop cut it (``end_detail`` says why; it does not vote)."""
 
 # Streams whose answer votes: those that ended by themselves, and those cut by a deadline
 # (their partial text is searched). Streams cancelled by a policy do not vote.
@@ -67,6 +70,8 @@ class Stream:
     answer: Answer | None = None
     started_at: float = 0.0
     finished_at: float | None = None
+    confidence: dict[str, object] | None = None  # ConfidenceSummary record, with logprobs on
+    end_detail: str | None = None  # why it ended, where ``end`` alone does not say
 
     @property
     def finished(self) -> bool:

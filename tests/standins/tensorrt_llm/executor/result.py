@@ -5,9 +5,17 @@ from __future__ import annotations
 import asyncio
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tensorrt_llm.sampling_params import SamplingParams
+
+
+class Logprob(NamedTuple):
+    """tensorrt_llm/executor/result.py: one token's logprob and its rank (PyTorch backend top-k
+    dicts are ``{token_id: Logprob}``; the engine path gives a float per token instead)."""
+
+    logprob: float
+    rank: int | None = None
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from standin_core import EOS_ID, PieceTokenizer, reply_ids
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.logprobs import standin_logprobs
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -153,6 +154,7 @@ class AsyncLLM:
         out_ids: list[int] = []
         sent = 0
         greedy = params.temperature == 0.0
+        all_logprobs: list[Any] = []  # with params.logprobs: one {id: Logprob} per token
         for tok in reply_ids(self._tokenizer, prompt_ids, params.seed or 0, greedy):
             await asyncio.sleep(0)
             if self._states.get(rid) is not state:
@@ -160,6 +162,9 @@ class AsyncLLM:
             finish = stop_reason = None
             new = [] if tok == EOS_ID else [tok]
             out_ids += new
+            new_logprobs = [standin_logprobs(t, len(out_ids), params.seed or 0, greedy,
+                                             params.logprobs) for t in new] if params.logprobs else []
+            all_logprobs += new_logprobs
             text = self._tokenizer.decode(out_ids)
             if tok == EOS_ID:
                 finish = "stop"
@@ -183,7 +188,7 @@ class AsyncLLM:
                 text=text[sent:end] if delta else text[:end],
                 token_ids=new if delta else list(out_ids),
                 cumulative_logprob=None,
-                logprobs=None,
+                logprobs=(new_logprobs if delta else list(all_logprobs)) if params.logprobs else None,
                 finish_reason=finish,
                 stop_reason=stop_reason,
             )
