@@ -364,7 +364,6 @@ def test_a_warmup_threshold_applies_once_the_warmup_streams_finished() -> None:
 
 
 def _confident_run(run_dir: Path) -> None:
-    import asyncio
 
     from aimo_infer.backends.replay import ReplayEngine
     from aimo_infer.evaluate.dryrun import run_problems
@@ -375,7 +374,7 @@ def _confident_run(run_dir: Path) -> None:
     cfg = cot_config("all", 6, len(problems))
     cfg.solve.confidence.logprobs = 3
     run_dir.mkdir(parents=True)
-    asyncio.run(run_problems(cfg, problems, run_dir, engine=engine))
+    run_problems(cfg, problems, run_dir, engine=engine)
 
 
 def test_simulate_select_all_and_confidence_stop_on_a_recorded_run(

@@ -282,7 +282,7 @@ def _simulate_run_dir(run_dir: Path, args: argparse.Namespace) -> int:
     selections, stop = _confidence_settings(solve, args)
     needs = stop is not None or any(s.rule != "majority" for s in selections)
     if needs and not any(s.confidence for r in records for s in r.streams):
-        raise ValueError(f"{run_dir}: no stream recorded its confidence; run the dry run with "
+        raise DataError(f"{run_dir}: no stream recorded its confidence; run the dry run with "
                          "--logprobs 5 to compare selection rules or confidence stops")
     scores = [recorded_score(records)]
     if args.no_genselect:

@@ -383,7 +383,8 @@ class Controller:
         deltas = self.engine.generate(request)
         try:
             async for delta in deltas:
-                if live.tracker is not None and delta.logprobs:
+                if (live.tracker is not None and delta.logprobs
+                        and stream.end != "low_confidence"):  # stopped: later tokens don't count
                     live.logprobs.extend(delta.logprobs)
                     if self._low_confidence(problem_id, stream, live.tracker,
                                             delta.logprobs) and delta.finish_reason is None:

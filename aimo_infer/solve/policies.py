@@ -145,9 +145,9 @@ class ConfidenceStop:
 
     def __post_init__(self) -> None:
         if self.warmup < 1:
-            raise ValueError(f"confidence stop warmup must be >= 1, got {self.warmup}")
+            raise ConfigError(f"confidence stop warmup must be >= 1, got {self.warmup}")
         if not 0.0 <= self.percentile <= 100.0:
-            raise ValueError(f"confidence stop percentile must be in [0, 100], got {self.percentile}")
+            raise ConfigError(f"confidence stop percentile must be in [0, 100], got {self.percentile}")
 
     def threshold_from(self, warmup_lows: Sequence[float]) -> float | None:
         """The threshold, given the lowest-group confidences of the problem's finished streams

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aimo_infer.config import SolveConfig
+from aimo_infer.config import ConfigError, SolveConfig
 from aimo_infer.solve.confidence import ConfidenceSummary, StreamConfidence
 from aimo_infer.solve.policies import CONFIDENCE_STOPS, ConfidenceStop
 from aimo_infer.solve.vote import SelectSettings
@@ -33,10 +33,10 @@ class ConfidencePlan:
         c = solve.confidence
         for key, value in (("logprobs", c.logprobs), ("window", c.window), ("tail", c.tail)):
             if value < (0 if key == "logprobs" else 1):
-                raise ValueError(f"solve.confidence.{key} must be >= "
+                raise ConfigError(f"solve.confidence.{key} must be >= "
                                  f"{0 if key == 'logprobs' else 1}, got {value}")  # fmt: skip
         if c.stop not in CONFIDENCE_STOPS:
-            raise ValueError(f"solve.confidence.stop must be one of {', '.join(CONFIDENCE_STOPS)}, "
+            raise ConfigError(f"solve.confidence.stop must be one of {', '.join(CONFIDENCE_STOPS)}, "
                              f"got {c.stop!r}")  # fmt: skip
         select = SelectSettings(solve.select, c.entropy_floor, c.deepconf_eta)
         stop = None

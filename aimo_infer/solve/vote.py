@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from aimo_infer.config import ConfigError
 from aimo_infer.solve.confidence import ConfidenceSummary
 
 Answer = int | str
@@ -85,11 +86,11 @@ class SelectSettings:
 
     def __post_init__(self) -> None:
         if self.rule not in SELECT_RULES:
-            raise ValueError(f"unknown selection rule {self.rule!r}; known: {', '.join(SELECT_RULES)}")
+            raise ConfigError(f"unknown selection rule {self.rule!r}; known: {', '.join(SELECT_RULES)}")
         if not self.entropy_floor > 0.0:
-            raise ValueError(f"entropy_floor must be > 0, got {self.entropy_floor}")
+            raise ConfigError(f"entropy_floor must be > 0, got {self.entropy_floor}")
         if not 0.0 < self.deepconf_eta <= 100.0:
-            raise ValueError(f"deepconf_eta must be a percent in (0, 100], got {self.deepconf_eta}")
+            raise ConfigError(f"deepconf_eta must be a percent in (0, 100], got {self.deepconf_eta}")
 
 
 def select(ballots: Sequence[Ballot], settings: SelectSettings = SelectSettings()) -> VoteResult:
