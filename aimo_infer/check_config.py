@@ -17,17 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aimo_infer.config import Config, ConfigError, config_from_dict, read_toml
+from aimo_infer.config import SELECT_RULES, Config, ConfigError, config_from_dict, read_toml
 
 # Keys a recipe may carry that later parts of the harness read: key path -> what reads them.
 PENDING: dict[tuple[str, ...], str] = {
     ("model_server",): "serve-model",
     ("budget", "preset"): "budget presets",
     ("budget", "high_s"): "budget presets",
-    ("solve", "select"): "selection",
-    ("solve", "confidence"): "selection",
 }
-SELECT_RULES = ("majority", "entropy", "vote-then-confidence", "deepconf")
 BUDGET_PRESETS = ("nemo", "aimo3")
 SERVER_KINDS = ("vllm", "trtllm", "llamacpp")
 # Engines whose adapter does token-in/token-out (EngineInfo.token_io); openai only on vLLM.

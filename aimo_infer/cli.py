@@ -86,7 +86,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.seed is not None:
         cfg.solve.run_seed = args.seed
     if args.select is not None:
-        from aimo_infer.solve.vote import SELECT_RULES
+        from aimo_infer.config import SELECT_RULES
 
         if args.select not in SELECT_RULES:
             raise ConfigError(f"--select must be one of {', '.join(SELECT_RULES)}")

@@ -250,8 +250,14 @@ Rule = tuple[Callable[[Any], bool], str]
 SECONDS: Rule = (_positive, "finite and > 0 (seconds)")
 MARGIN: Rule = (_non_negative, "finite and >= 0 (seconds)")
 AT_LEAST_ONE: Rule = (lambda v: _finite(v) and v >= 1, ">= 1")
+# Names the config accepts for rules defined in aimo_infer/solve (which imports them from here).
+SELECT_RULES: tuple[str, ...] = ("majority", "entropy", "vote-then-confidence", "deepconf")
+CONFIDENCE_STOPS: tuple[str, ...] = ("none", "deepconf")
+
 RULES: dict[str, Rule] = {
     "solve.num_streams": (_between(1, MAX_STREAMS), f">= 1 and <= {MAX_STREAMS}"),
+    "solve.select": (_one_of(SELECT_RULES), f"one of {', '.join(SELECT_RULES)}"),
+    "solve.confidence.stop": (_one_of(CONFIDENCE_STOPS), f"one of {', '.join(CONFIDENCE_STOPS)}"),
     "solve.confidence.logprobs": (_between(0, 20), ">= 0 and <= 20 (0: off)"),
     "solve.confidence.window": (_between(1, 1 << 20), ">= 1 (tokens)"),
     "solve.confidence.tail": (_between(1, 1 << 20), ">= 1 (tokens)"),

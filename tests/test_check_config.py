@@ -63,7 +63,8 @@ def test_the_aimo3_recipe_passes_and_prints_one_table(capsys: pytest.CaptureFixt
                        ("solve.num_streams", "8"), ("solve.sampling.min_p", "0.02"),
                        ("solve.harmony.code_timeout_s", "6.0"),
                        ("solve.harmony.max_tool_turns", "128"),
-                       ("budget.preset", "aimo3"), ("solve.stop_policy", "agree=4")]:
+                       ("budget.preset", "aimo3"), ("solve.stop_policy", "agree=4,leader"),
+                       ("solve.select", "entropy"), ("solve.confidence.logprobs", "5")]:
         line = next(ln for ln in out.splitlines() if f" {key} " in ln)
         assert f" {value} " in line, line
     assert "--enable-prefix-caching" in out.replace("\n", "")

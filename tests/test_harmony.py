@@ -390,3 +390,21 @@ def test_a_harmony_trace_replays_to_the_same_solve(renderer: HarmonyRenderer,
     assert first.answer == replayed.answer == 42
     assert replayed.streams[0].text == first.streams[0].text
     assert [c.feedback for c in replayed.streams[0].code_calls] == ["42"]
+
+
+def test_harmony_streams_carry_confidence_for_the_entropy_vote(renderer: HarmonyRenderer) -> None:
+    """The AIMO-3 recipe votes by entropy: Harmony streams must ask for logprobs and keep the
+    confidence of every generated token (tool replies are not generated, so they do not count)."""
+    seeds = [stream_seed(0, "p", i) for i in range(2)]
+    call = completion(renderer, assistant("print(6 * 7)", to="python"))
+    final = completion(renderer, assistant("\\boxed{42}", "final"), end="<|return|>")
+    engine = ReplayEngine({s: [ReplaySegment("", token_ids=tuple(call)),
+                               ReplaySegment("", token_ids=tuple(final))] for s in seeds})
+    cfg = harmony_config(streams=2)
+    cfg.solve.select = "entropy"  # asks for 5 logprobs by itself
+    result = solve(cfg, engine)
+    assert all(r.logprobs == 5 for r in engine.requests)
+    for stream in result.streams:
+        assert stream.confidence is not None
+        assert stream.confidence["tokens"] == len(call) + len(final) == stream.tokens
+    assert result.answer == 42 and result.vote.rule == "entropy"

@@ -240,12 +240,14 @@ class ReplayEngine(Engine):
                 await asyncio.sleep(max(0.0, start + (i + 1) * delay - loop.time()))
             elif i % self._yield_every == self._yield_every - 1:
                 await asyncio.sleep(0)
+            lp = (scripted_logprob(request.seed, i, str(token), request.logprobs),) \
+                if request.logprobs > 0 else ()
             if token in stops:
-                yield StreamDelta("", 1, "stop", token_ids=(token,))
+                yield StreamDelta("", 1, "stop", token_ids=(token,), logprobs=lp)
                 return
             if i + 1 >= request.max_tokens and i + 1 < len(ids):
-                yield StreamDelta("", 1, "length", token_ids=(token,))
+                yield StreamDelta("", 1, "length", token_ids=(token,), logprobs=lp)
                 return
-            yield StreamDelta("", 1, token_ids=(token,))
+            yield StreamDelta("", 1, token_ids=(token,), logprobs=lp)
         yield StreamDelta("", 0, "cancelled" if self._running[rid] else segment.finish_reason)
 

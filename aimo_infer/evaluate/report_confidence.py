@@ -11,9 +11,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from aimo_infer.config import SELECT_RULES
 from aimo_infer.evaluate.runs import ProblemRecord
 from aimo_infer.solve.confidence import ConfidenceSummary
-from aimo_infer.solve.vote import SELECT_RULES, Ballot, SelectSettings, select
+from aimo_infer.solve.vote import Ballot, SelectSettings, select
 
 
 def confidence_section(

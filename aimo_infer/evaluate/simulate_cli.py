@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from aimo_infer.config import (
+    CONFIDENCE_STOPS,
+    SELECT_RULES,
     BudgetConfig,
     ConfigError,
     SubmissionConfig,
@@ -41,9 +43,9 @@ from aimo_infer.evaluate.simulate import (
     problem_from_record,
     simulate_run,
 )
-from aimo_infer.solve.policies import CONFIDENCE_STOPS, PRESETS, ConfidenceStop, parse_policy
+from aimo_infer.solve.policies import PRESETS, ConfidenceStop, parse_policy
 from aimo_infer.solve.stream import stopped_early
-from aimo_infer.solve.vote import SELECT_RULES, SelectSettings
+from aimo_infer.solve.vote import SelectSettings
 
 # Rules near the presets, for sweeps: looser and tighter agreement, earlier and later quorum.
 NEARBY_RULES: tuple[str, ...] = (

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from aimo_infer.backends.base import EngineUnavailable, GenerationRequest
 from aimo_infer.config import ConfigError, HarmonyConfig
+from aimo_infer.solve.confidence import StreamConfidence
 from aimo_infer.solve.notebook import notebook_cell
 from aimo_infer.solve.stream import CodeCall, Stream, StreamStatus
 from aimo_infer.solve.tir import code_limit_reached, execution_feedback
@@ -220,6 +221,7 @@ class HarmonyLoop:
         sampling = c.config.solve.sampling
         ids = list(prompt_ids)
         context = c.engine.info.context_length
+        tracker = c.confidence.tracker()  # the stream's confidence over its generated tokens
         while stream.end is None:
             remaining = min(sampling.max_tokens - stream.tokens, context - len(ids))
             if remaining <= 0:
@@ -230,13 +232,13 @@ class HarmonyLoop:
                 prompt_token_ids=tuple(ids), seed=stream.seed,
                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                 min_p=sampling.min_p, max_tokens=remaining,
-                stop_token_ids=self.renderer.stop_token_ids,
+                stop_token_ids=self.renderer.stop_token_ids, logprobs=c.confidence.logprobs,
             )
             stream.request_id = request.request_id
             stream.segments += 1
             stream.status = StreamStatus.GENERATING
             segment_start = len(stream.text)
-            segment = await self._generate(request, stream)
+            segment = await self._generate(request, stream, tracker)
             ids += segment.token_ids
             c._trace("segment", problem_id=problem_id, stream=stream.index, seed=stream.seed,
                      text=stream.text[segment_start:], tokens=segment.tokens,
@@ -262,7 +264,8 @@ class HarmonyLoop:
             ids += appended
             stream.text += self.renderer.decode(appended)
 
-    async def _generate(self, request: GenerationRequest, stream: Stream) -> _Segment:
+    async def _generate(self, request: GenerationRequest, stream: Stream,
+                        tracker: StreamConfidence | None = None) -> _Segment:
         """Stream one request; token ids after the first stop token are dropped (and the
         request cancelled), so an engine that misses a stop id cannot add text after it."""
         engine = self.controller.engine
@@ -270,6 +273,9 @@ class HarmonyLoop:
         segment = _Segment([])
         detok = _Detokenizer(self.renderer)
         async for delta in engine.generate(request):
+            if tracker is not None and delta.logprobs and segment.stop_token is None:
+                for entry in delta.logprobs:  # entropy-weighted votes need it (AIMO-3 recipe)
+                    tracker.add(entry)
             if segment.stop_token is None:
                 kept = []
                 for token in delta.token_ids:
@@ -290,6 +296,8 @@ class HarmonyLoop:
                 segment.finish, segment.error = delta.finish_reason, delta.error
         stream.text += detok.flush()
         stream.tokens += segment.tokens
+        if tracker is not None:
+            stream.confidence = tracker.summary().to_record()
         if segment.stop_token is not None and segment.finish == "cancelled" \
                 and stream.end is None:
             segment.finish = "stop"  # we cancelled it: the engine ran past the stop token

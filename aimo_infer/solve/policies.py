@@ -128,7 +128,6 @@ def parse_policy(spec: str) -> AnyOf:
 
 # -- stopping a stream on low confidence (DeepConf online) ---------------------------------------
 
-CONFIDENCE_STOPS = ("none", "deepconf")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aimo_infer.config import ConfigError, SolveConfig
+from aimo_infer.config import CONFIDENCE_STOPS, ConfigError, SolveConfig
 from aimo_infer.solve.confidence import ConfidenceSummary, StreamConfidence
-from aimo_infer.solve.policies import CONFIDENCE_STOPS, ConfidenceStop
+from aimo_infer.solve.policies import ConfidenceStop
 from aimo_infer.solve.vote import SelectSettings
 
 DEFAULT_LOGPROBS = 5  # top-k asked for when a rule needs confidence and the config says 0

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aimo_infer.config import ConfigError
+from aimo_infer.config import SELECT_RULES, ConfigError
 from aimo_infer.solve.confidence import ConfidenceSummary
 
 Answer = int | str
@@ -65,7 +65,6 @@ def majority_vote(answers: Sequence[Answer | None]) -> VoteResult:
 
 # -- confidence-aware selection ------------------------------------------------------------------
 
-SELECT_RULES = ("majority", "entropy", "vote-then-confidence", "deepconf")
 
 
 @dataclass(frozen=True)
