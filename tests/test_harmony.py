@@ -271,58 +271,38 @@ def test_the_model_s_own_call_header_form_is_understood(renderer: HarmonyRendere
 
 
 def test_through_the_openai_adapter_on_a_vllm_shaped_server(renderer: HarmonyRenderer) -> None:
-    """The recipe's engine path: token prompts, stop token ids and returned ids over HTTP (a
-    stand-in streaming vLLM's frames, as in tests/test_token_io.py), the real sandbox."""
+    """The recipe's engine path: token prompts, stop token ids and returned ids over HTTP (the
+    vLLM-shaped server of tests/test_token_io.py, here streaming the model's two turns), the
+    real sandbox."""
     pytest.importorskip("httpx")
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from typing import Any
 
+    from aimo_infer.backends.openai import OpenAIEngine
     from aimo_infer.config import EngineConfig
+    from tests.test_token_io import _serve
 
     segments = [
         completion(renderer, assistant("x = 6 * 7\nx", to="python")),
         completion(renderer, assistant("\\boxed{42}", "final"), end="<|return|>"),
     ]
-    bodies: list[dict[str, Any]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
+    class TwoTurns:
+        """Each request streams the next turn's ids; vLLM leaves the stop id to stop_reason."""
 
-        def _send(self, raw: bytes, kind: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(raw)
+        def __init__(self) -> None:
+            self.bodies: list[dict[str, Any]] = []
 
-        def do_GET(self) -> None:
-            self._send(json.dumps({"object": "list", "data": [
-                {"id": "gpt-oss", "owned_by": "vllm", "max_model_len": 65536}]}).encode(),
-                "application/json")
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            bodies.append(body)
-            ids = segments[len(bodies) - 1]
-            frames = []
-            for n, token in enumerate(ids, 1):  # vLLM leaves the stop id to stop_reason
+        def frames(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            for n, token in enumerate(segments[len(self.bodies) - 1], 1):
                 last = token in body["stop_token_ids"]
-                frames.append({"choices": [{"index": 0, "text": "", "token_ids": [] if last
-                                            else [token], "finish_reason": "stop" if last
-                                            else None, "stop_reason": token if last else None}],
-                               "usage": {"completion_tokens": n}})
-            raw = "".join(f"data: {json.dumps(f)}\n\n" for f in frames) + "data: [DONE]\n\n"
-            self._send(raw.encode(), "text/event-stream")
+                yield {"choices": [{"index": 0, "text": "", "token_ids": [] if last else [token],
+                                    "finish_reason": "stop" if last else None,
+                                    "stop_reason": token if last else None}],
+                       "usage": {"completion_tokens": n}}
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stand_in = TwoTurns()
+    server = _serve(stand_in)  # type: ignore[arg-type]
     try:
-        from aimo_infer.backends.openai import OpenAIEngine
-
         url = f"http://127.0.0.1:{server.server_address[1]}"
         engine = OpenAIEngine.from_config(EngineConfig("openai", options={"base_url": url}))
         result = solve(harmony_config(), engine)  # type: ignore[arg-type]
@@ -332,7 +312,7 @@ def test_through_the_openai_adapter_on_a_vllm_shaped_server(renderer: HarmonyRen
     stream = result.streams[0]
     assert stream.end == "stop" and stream.error is None and result.answer == 42
     assert [c.feedback for c in stream.code_calls] == ["42"]
-    first, second = bodies
+    first, second = stand_in.bodies
     assert isinstance(first["prompt"], list) and first["return_token_ids"] is True
     assert second["prompt"][: len(first["prompt"]) + len(segments[0])] == \
         first["prompt"] + segments[0]
