@@ -22,10 +22,10 @@ from sandbox.api import ExecResult
 PROBLEM_ID = "bench"
 
 
-class _NoCodeRunner:
+class NoCodeRunner:
     """The workload writes no code block; a call here would be a bug in the benchmark."""
 
-    async def open_session(self) -> _NoCodeRunner:
+    async def open_session(self) -> NoCodeRunner:
         raise AssertionError("the benchmark workload has no code blocks")
 
     async def run(self, code: str, timeout: float | None = None) -> ExecResult:
@@ -59,7 +59,7 @@ async def through_controller(engine: ReplayEngine, streams: int, max_tokens: int
     cfg.solve.num_streams = streams
     cfg.solve.stop_policy = "all"
     cfg.solve.sampling.max_tokens = max_tokens
-    controller = Controller(engine, _NoCodeRunner(), cfg)
+    controller = Controller(engine, NoCodeRunner(), cfg)
     result = await controller.solve(PROBLEM_ID, "benchmark problem")
     assert result.answer == 12, result.vote
     return result.total_tokens

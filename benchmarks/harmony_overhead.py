@@ -10,30 +10,15 @@ for both, medians of several repeats in the same run; the last line reads
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
-import time
+
+from controller_overhead import PROBLEM_ID, NoCodeRunner, measure  # this folder's benchmark
 
 from aimo_infer.backends.replay import ReplayEngine, ReplaySegment
 from aimo_infer.config import Config
 from aimo_infer.solve.controller import Controller, stream_seed
-from sandbox.api import ExecResult
 
-PROBLEM_ID = "bench"
 UNIT = "We compute $x^2 + 3x$ with sympy, so the value is 12. "
-
-
-class _NoCodeRunner:
-    """The workload writes no code; a call here would be a bug in the benchmark."""
-
-    async def open_session(self) -> _NoCodeRunner:
-        raise AssertionError("the benchmark workload has no code")
-
-    async def run(self, code: str, timeout: float | None = None) -> ExecResult:
-        raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        pass
 
 
 def text_workload(streams: int, tokens: int) -> dict[int, list[ReplaySegment]]:
@@ -64,16 +49,10 @@ async def solve(engine: ReplayEngine, prompt: str, streams: int, max_tokens: int
     cfg.solve.num_streams = streams
     cfg.solve.stop_policy = "all"
     cfg.solve.sampling.max_tokens = max_tokens
-    controller = Controller(engine, _NoCodeRunner(), cfg)  # type: ignore[arg-type]
+    controller = Controller(engine, NoCodeRunner(), cfg)  # type: ignore[arg-type]
     result = await controller.solve(PROBLEM_ID, "benchmark problem")
     assert result.answer == 12, result.vote
     return result.total_tokens
-
-
-def measure(fn: object) -> tuple[int, float, float]:
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    tokens = asyncio.run(fn())  # type: ignore[operator]
-    return tokens, time.perf_counter() - wall0, time.process_time() - cpu0
 
 
 def main() -> None:
