@@ -2,8 +2,8 @@
 
 Checks what would otherwise fail minutes into a Kaggle run: the TOML and its keys, value ranges
 (the rules of aimo_infer/config.py), the budget rule, the engine's extra installed here, the prompt profile against the engine (the harmony profile
-needs token-in/token-out), and paths. Keys that a recipe uses before this checkout knows them
-(``PENDING``) are shown and checked for shape, not rejected. Findings are ``error`` (exit 1) or
+needs token-in/token-out), the model server table that ``aimo-infer serve-model`` reads, and paths.
+Findings are ``error`` (exit 1) or
 ``note`` (true here but fine where the config runs, such as ``/kaggle/input`` paths).
 """
 
@@ -17,16 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aimo_infer.config import SELECT_RULES, Config, ConfigError, config_from_dict, read_toml
+from aimo_infer.config import (
+    MODEL_SERVER_TABLE,
+    Config,
+    ConfigError,
+    config_from_dict,
+    dataclass_from_table,
+    read_toml,
+)
+from aimo_infer.kaggle.budget import check_budget_config
+from aimo_infer.kaggle.launcher import ModelServerConfig, check_server_config
+from aimo_infer.solve.policies import parse_policy
 
-# Keys a recipe may carry that later parts of the harness read: key path -> what reads them.
-PENDING: dict[tuple[str, ...], str] = {
-    ("model_server",): "serve-model",
-    ("budget", "preset"): "budget presets",
-    ("budget", "high_s"): "budget presets",
-}
-BUDGET_PRESETS = ("nemo", "aimo3")
-SERVER_KINDS = ("vllm", "trtllm", "llamacpp")
+Server = dict[str, Any] | None  # the recipe's [model_server] table, if it has one
 # Engines whose adapter does token-in/token-out (EngineInfo.token_io); openai only on vLLM.
 TOKEN_IO_ENGINES = ("llamacpp", "replay", "vllm", "openai")
 TOKEN_IO_SERVERS = ("vllm",)
@@ -52,136 +55,39 @@ def check_config(path: Path) -> Report:
         report.errors.append(str(exc))
         return report
     given = {key for key, _ in _flatten("", data)}
-    pending = _split_pending(data)
+    server: Server = data.pop(MODEL_SERVER_TABLE, None)  # the launcher's, not the harness's
     try:
         config = config_from_dict(data)  # types and the range rules of aimo_infer/config.py
     except ConfigError as exc:
         report.errors.append(f"{path}: {exc}")
         return report
     report.config = config
-    _check_budget(config, report)
-    _check_pending(pending, report)
-    _check_policy(config, report)
-    _check_engine(config, pending, report)
-    _check_profile(config, pending, report)
-    _check_paths(config, pending, report)
-    report.rows = _rows(config, pending, given)
-    return report
-
-
-def _known(path: tuple[str, ...]) -> bool:
-    """Whether this checkout's Config has the key at ``path``."""
-    cls: Any = Config
-    for key in path:
-        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-        if key not in fields:
-            return False
-        cls = fields[key].type if not isinstance(fields[key].type, str) else _resolve(cls, key)
-    return True
-
-
-def _resolve(cls: Any, key: str) -> Any:
-    import typing
-
-    return typing.get_type_hints(cls)[key]
-
-
-def _split_pending(data: dict[str, Any]) -> dict[tuple[str, ...], Any]:
-    """Take the pending keys this checkout does not know out of ``data`` (in place)."""
-    found: dict[tuple[str, ...], Any] = {}
-    for key_path in PENDING:
-        if _known(key_path):
-            continue
-        table: Any = data
-        for key in key_path[:-1]:
-            table = table.get(key) if isinstance(table, dict) else None
-        if isinstance(table, dict) and key_path[-1] in table:
-            found[key_path] = table.pop(key_path[-1])
-    return found
-
-
-def _check_budget(config: Config, report: Report) -> None:
-    """The budget rule's own checks (preset, high_s against base_s), where this checkout has them."""
-    try:
-        from aimo_infer.kaggle.budget import check_budget_config
-    except ImportError:  # pragma: no cover - older layouts
-        return
     try:
         check_budget_config(config.budget)
     except ConfigError as exc:
         report.errors.append(str(exc))
-
-
-def _check_pending(pending: dict[tuple[str, ...], Any], report: Report) -> None:
-    preset = pending.get(("budget", "preset"))
-    if preset is not None and preset not in BUDGET_PRESETS:
-        report.errors.append(f"budget.preset: must be one of {list(BUDGET_PRESETS)}, got {preset!r}")
-    high = pending.get(("budget", "high_s"))
-    if high is not None and not (isinstance(high, (int, float)) and high > 0):
-        report.errors.append(f"budget.high_s: must be > 0, got {high!r}")
-    select = pending.get(("solve", "select"))
-    if select is not None and select not in SELECT_RULES:
-        report.errors.append(f"solve.select: must be one of {list(SELECT_RULES)}, got {select!r}")
-    confidence = pending.get(("solve", "confidence"))
-    if confidence is not None and not isinstance(confidence, dict):
-        report.errors.append("solve.confidence: expected a table")
-    server = pending.get(("model_server",))
+    try:
+        parse_policy(config.solve.stop_policy)
+    except ValueError as exc:
+        report.errors.append(f"solve.stop_policy: {exc}")
     if server is not None:
         _check_server_table(server, report)
+    _check_engine(config, server, report)
+    _check_profile(config, server, report)
+    _check_paths(config, server, report)
+    report.rows = _rows(config, server, given)
+    return report
 
 
 def _check_server_table(server: Any, report: Report) -> None:
-    try:  # the launcher's own checks, where this checkout has the launcher
-        from aimo_infer.kaggle.launcher import (  # type: ignore[import-not-found]
-            ModelServerConfig,
-            check_server_config,
-        )
-    except ImportError:
-        pass
-    else:
-        from aimo_infer.config import dataclass_from_table
-
-        try:
-            check_server_config(dataclass_from_table(ModelServerConfig, server, "model_server"))
-        except ConfigError as exc:
-            report.errors.append(str(exc))
-        return
-    if not isinstance(server, dict):
-        report.errors.append("model_server: expected a table")
-        return
-    if server.get("kind", "vllm") not in SERVER_KINDS:
-        report.errors.append(f"model_server.kind: must be one of {list(SERVER_KINDS)}, "
-                             f"got {server.get('kind')!r}")
-    if not server.get("model"):
-        report.errors.append("model_server.model: give the model path")
-    args = server.get("args", [])
-    if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
-        report.errors.append("model_server.args: expected a list of strings")
-
-
-def _check_policy(config: Config, report: Report) -> None:
-    from aimo_infer.solve.policies import parse_policy
-
-    spec = config.solve.stop_policy
+    """The launcher's own checks of the ``[model_server]`` table."""
     try:
-        parse_policy(spec)
-        return
-    except ValueError as exc:
-        parts = [p.strip() for p in spec.split(",")]
-        if "leader" not in parts:
-            report.errors.append(f"solve.stop_policy: {exc}")
-            return
-    rest = ",".join(p for p in parts if p != "leader")
-    try:
-        parse_policy(rest or "all")
-    except ValueError as exc:
-        report.errors.append(f"solve.stop_policy: {exc}")
-        return
-    report.notes.append("solve.stop_policy: 'leader' is pending (selection's stop rules)")
+        check_server_config(dataclass_from_table(ModelServerConfig, server, MODEL_SERVER_TABLE))
+    except ConfigError as exc:
+        report.errors.append(str(exc))
 
 
-def _server_arg(pending: dict[tuple[str, ...], Any], flag: str) -> str | None:
-    server = pending.get(("model_server",))
+def _server_arg(server: Server, flag: str) -> str | None:
     args = server.get("args", []) if isinstance(server, dict) else []
     for i, arg in enumerate(args):
         if arg == flag and i + 1 < len(args):
@@ -191,7 +97,7 @@ def _server_arg(pending: dict[tuple[str, ...], Any], flag: str) -> str | None:
     return None
 
 
-def _check_engine(config: Config, pending: dict[tuple[str, ...], Any], report: Report) -> None:
+def _check_engine(config: Config, server: Server, report: Report) -> None:
     from aimo_infer.backends import ENGINE_PACKAGES, ENGINES, missing_extra_message
 
     name = config.engine.name
@@ -210,7 +116,7 @@ def _check_engine(config: Config, pending: dict[tuple[str, ...], Any], report: R
             report.errors.append(f"engine.options: {exc}")
     context = config.engine.options.get("context_length", config.engine.options.get(
         "max_model_len", config.engine.options.get("n_ctx")))
-    served = _server_arg(pending, "--max-model-len")
+    served = _server_arg(server, "--max-model-len")
     if served is not None:
         if not served.isdigit():
             report.errors.append(f"model_server.args: --max-model-len {served!r} is not a number")
@@ -223,7 +129,7 @@ def _check_engine(config: Config, pending: dict[tuple[str, ...], Any], report: R
                              f"leaves no room for the prompt in a {context}-token context")
 
 
-def _check_profile(config: Config, pending: dict[tuple[str, ...], Any], report: Report) -> None:
+def _check_profile(config: Config, server: Server, report: Report) -> None:
     from aimo_infer.solve.prompts import load_profile
 
     try:
@@ -248,7 +154,6 @@ def _check_profile(config: Config, pending: dict[tuple[str, ...], Any], report: 
         return
     if name == "openai":
         flavour = config.engine.options.get("server", "auto")
-        server = pending.get(("model_server",))
         kind = server.get("kind", "vllm") if isinstance(server, dict) else None
         if flavour != "auto" and flavour not in TOKEN_IO_SERVERS:
             report.errors.append(f"prompt profile 'harmony' over engine 'openai' needs a server "
@@ -267,11 +172,10 @@ def _check_profile(config: Config, pending: dict[tuple[str, ...], Any], report: 
                             "from bpe-openai at start otherwise")
 
 
-def _check_paths(config: Config, pending: dict[tuple[str, ...], Any], report: Report) -> None:
+def _check_paths(config: Config, server: Server, report: Report) -> None:
     paths: list[tuple[str, str | None]] = [("submission.trace", None)]
     if config.engine.name not in ("openai",) and config.engine.model:
         paths.append(("engine.model", config.engine.model))
-    server = pending.get(("model_server",))
     if isinstance(server, dict) and isinstance(server.get("model"), str):
         paths.append(("model_server.model", server["model"]))
     for key, value in paths:
@@ -304,9 +208,8 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
-def _rows(config: Config, pending: dict[tuple[str, ...], Any],
-          given: set[str]) -> list[tuple[str, str, str]]:
-    """Every resolved setting (defaults included), pending keys marked; TIR limits that the
+def _rows(config: Config, server: Server, given: set[str]) -> list[tuple[str, str, str]]:
+    """Every resolved setting (defaults marked) and the model server's; TIR limits that the
     harmony profile does not read are left out so the table shows one recipe."""
     harmony = config.solve.prompt == "harmony"
     skip = ("solve.tir.max_code_calls", "solve.tir.code_timeout_s") if harmony \
@@ -315,27 +218,12 @@ def _rows(config: Config, pending: dict[tuple[str, ...], Any],
     for key, value in _flatten("", config):
         if key.startswith(skip):
             continue
-        remark = _remark(key, value) or ("" if key in given else "default")
-        rows.append((key, _show(value), remark))
-    for key_path, value in pending.items():
-        for key, item in _flatten(".".join(key_path), value):
-            remark = "read by " if key_path == ("model_server",) else "pending: "
-            rows.append((key, _show(item), remark + PENDING[key_path]))
+        rows.append((key, _show(value), "" if key in given else "default"))
+    for key, item in _flatten(MODEL_SERVER_TABLE, server or {}):
+        rows.append((key, _show(item), "read by serve-model"))
     order = ["engine", "model_server", "solve", "budget", "submission"]
     rows.sort(key=lambda r: order.index(r[0].split(".")[0]) if r[0].split(".")[0] in order else 9)
     return rows
-
-
-def _remark(key: str, value: Any) -> str:
-    if key != "solve.stop_policy":
-        return ""
-    from aimo_infer.solve.policies import parse_policy
-
-    try:
-        parse_policy(value)
-    except ValueError:
-        return "leader: pending (selection)"
-    return ""
 
 
 def _show(value: Any) -> str:

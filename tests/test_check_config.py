@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import pytest
 
 from aimo_infer.check_config import check_config
 from aimo_infer.cli import main
-from aimo_infer.config import SolveConfig, tomllib
+from aimo_infer.config import tomllib
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "kaggle-aimo3-gptoss.toml"
 
@@ -71,20 +70,18 @@ def test_the_aimo3_recipe_passes_and_prints_one_table(capsys: pytest.CaptureFixt
     assert "solve.tir.max_code_calls" not in out  # harmony reads its own limits
 
 
-def test_the_recipe_with_the_selection_keys_passes_with_them_pending(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The keys confidence-aware selection will read are accepted, shown and marked pending."""
+def test_the_recipe_s_selection_keys_are_checked_and_shown(tmp_path: Path) -> None:
+    """The confidence-aware selection and stop keys resolve into the config and the table."""
     data = recipe()
     data["solve"].update(stop_policy="agree=4,leader", select="entropy",
                          confidence={"logprobs": 5})
     report = check_config(write(tmp_path, data))
     assert report.errors == [], report.errors
-    if "select" not in {f.name for f in dataclasses.fields(SolveConfig)}:  # not in yet
-        remarks = {key: remark for key, _, remark in report.rows}
-        assert remarks["solve.select"].startswith("pending")
-        assert remarks["solve.confidence.logprobs"].startswith("pending")
-        assert remarks["solve.stop_policy"].startswith("leader: pending")
+    shown = {key: value for key, value, _ in report.rows}
+    assert (shown["solve.select"], shown["solve.confidence.logprobs"],
+            shown["solve.stop_policy"]) == ("entropy", "5", "agree=4,leader")
+    remarks = {key: remark for key, _, remark in report.rows}
+    assert remarks["model_server.kind"] == "read by serve-model"
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aimo_infer.backends.base import Engine, GenerationRequest
 from aimo_infer.config import Config
+from aimo_infer.solve.cutoff import CANCEL_GRACE_S  # the most a cut waits for cancelled work
 from aimo_infer.solve.genselect import (
     Candidate,
     GenSelectRecord,
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CANCEL_GRACE_S = 5.0  # an engine that ignores cancel is closed from our side after this
 PROMPT_RESERVE_TOKENS = 512  # the instructions and the problem, beside the summaries
 
 Trace = Callable[..., None]
